@@ -1,0 +1,92 @@
+"""Send keyed records through a topic and read them back: the smallest proof a cluster works."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+
+from workers.kafka_io.admin import _QUIET
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def produce_all(bootstrap_servers: str, topic: str, records: Iterable[tuple[bytes, bytes]]) -> int:
+    """Produce with acks=all; raise unless the broker acknowledged every record."""
+    failures: list[KafkaError] = []
+
+    def on_delivery(err: KafkaError | None, _msg: object) -> None:
+        if err is not None:
+            failures.append(err)
+
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "logger": _QUIET,
+        }
+    )
+    sent = 0
+    for key, value in records:
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+                break
+            except BufferError:
+                producer.poll(0.1)  # local queue full: let deliveries drain, then retry
+        sent += 1
+        producer.poll(0)
+    remaining = producer.flush(60)
+    if remaining or failures:
+        raise KafkaException(failures[0] if failures else f"{remaining} records undelivered")
+    return sent
+
+
+def consume_exact(
+    bootstrap_servers: str, topic: str, group_id: str, expected: int, timeout_s: float = 60.0
+) -> list[Received]:
+    """Read `expected` records as a consumer group, then a little longer to catch extras."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": group_id,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "logger": _QUIET,
+        }
+    )
+    received: list[Received] = []
+    try:
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + timeout_s
+        quiet_until: float | None = None
+        while time.monotonic() < deadline:
+            if quiet_until is not None and time.monotonic() > quiet_until:
+                break
+            for msg in consumer.consume(num_messages=1000, timeout=0.5):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001 - public constant
+                        continue
+                    raise KafkaException(err)
+                partition, offset = msg.partition(), msg.offset()
+                if partition is None or offset is None:  # only unset on error events
+                    continue
+                received.append(Received(partition, offset, msg.key(), msg.value()))
+            if len(received) >= expected and quiet_until is None:
+                quiet_until = time.monotonic() + 1.0
+        if received:
+            consumer.commit(asynchronous=False)
+    finally:
+        consumer.close()
+    return received

@@ -1,0 +1,1 @@
+"""Real Apache Kafka (KRaft) on loopback for development, tests and the demo."""

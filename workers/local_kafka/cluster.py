@@ -1,0 +1,331 @@
+"""Start, stop and inspect a local Kafka cluster whose processes are tracked by pid files."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from workers.kafka_io.admin import wait_for_brokers
+from workers.local_kafka.layout import (
+    HOST,
+    LOG4J2_PROPERTIES,
+    ClusterLayout,
+    NodeLayout,
+    server_properties,
+)
+from workers.local_kafka.runtime import BrokerSetupError, KafkaRuntime, resolve_runtime
+
+log = structlog.get_logger("scorestream.broker")
+
+# A 2-core, 24 GB laptop: three nodes at 1 GB each leave plenty for the workers.
+HEAP_OPTS = ("-Xms256m", "-Xmx1g")
+GC_OPTS = (
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:InitiatingHeapOccupancyPercent=35",
+    "-XX:+ExplicitGCInvokesConcurrent",
+    "-Djava.awt.headless=true",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    node_id: int
+    pid: int | None
+    port: int
+    controller_port: int
+    process_alive: bool
+    accepting: bool
+
+    @property
+    def live(self) -> bool:
+        return self.process_alive and self.accepting
+
+
+@dataclass(frozen=True, slots=True)
+class StartResult:
+    bootstrap_servers: str
+    already_running: bool
+    ready_seconds: float
+    cluster_id: str
+
+
+def new_cluster_id() -> str:
+    """Return a Kafka cluster id: a random UUID in URL-safe base64 without padding."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):  # Kafka's own generator avoids these too
+            return text
+
+
+def read_pid(node: NodeLayout) -> int | None:
+    try:
+        return int(node.pid_path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def process_alive(pid: int, node: NodeLayout | None = None) -> bool:  # noqa: PLR0911
+    """True if pid runs (not a zombie) and, when /proc tells, is this node's Kafka."""
+    with contextlib.suppress(ChildProcessError):
+        # Reap it if it is our own child (tests start brokers in-process).
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = Path(f"/proc/{pid}")
+    if not proc.exists():
+        return True
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (FileNotFoundError, IndexError, ProcessLookupError):
+        return False
+    if state == "Z":
+        return False
+    # A recycled pid belongs to some other program: never treat it as our broker.
+    return node is None or ("kafka.Kafka" in cmdline and str(node.properties_path) in cmdline)
+
+
+def port_accepting(port: int, timeout_s: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise
+    return True
+
+
+def status(cluster: ClusterLayout) -> list[NodeStatus]:
+    result = []
+    for node in cluster.nodes:
+        pid = read_pid(node)
+        alive = pid is not None and process_alive(pid, node)
+        result.append(
+            NodeStatus(
+                node_id=node.node_id,
+                pid=pid if alive else None,
+                port=node.port,
+                controller_port=node.controller_port,
+                process_alive=alive,
+                accepting=alive and port_accepting(node.port),
+            )
+        )
+    return result
+
+
+def _check_layout_matches(cluster: ClusterLayout) -> None:
+    marker = cluster.data_dir / "cluster.json"
+    if not marker.exists():
+        return
+    saved = json.loads(marker.read_text())
+    if saved["nodes"] != cluster.node_count or saved["port"] != cluster.base_port:
+        raise BrokerSetupError(
+            f"{cluster.data_dir} holds a cluster of {saved['nodes']} node(s) on port "
+            f"{saved['port']}, not {cluster.node_count} on {cluster.base_port}: pass "
+            f"--nodes {saved['nodes']} --port {saved['port']}, or choose another --data-dir "
+            f"(or run `scorestream broker stop --data-dir {cluster.data_dir}` and delete it)"
+        )
+
+
+def _cluster_id(cluster: ClusterLayout) -> str:
+    marker = cluster.data_dir / "cluster.json"
+    if marker.exists():
+        return str(json.loads(marker.read_text())["cluster_id"])
+    cid = new_cluster_id()
+    cluster.data_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(
+        json.dumps({"cluster_id": cid, "nodes": cluster.node_count, "port": cluster.base_port})
+        + "\n"
+    )
+    return cid
+
+
+def _java_base(runtime: KafkaRuntime, cluster: ClusterLayout, node: NodeLayout) -> list[str]:
+    return [
+        str(runtime.java),
+        *HEAP_OPTS,
+        *GC_OPTS,
+        f"-Dlog4j2.configurationFile={cluster.data_dir / 'log4j2.properties'}",
+        f"-Dkafka.logs.dir={node.node_dir / 'logs'}",
+        "-cp",
+        runtime.classpath,
+    ]
+
+
+def _format_storage(
+    runtime: KafkaRuntime, cluster: ClusterLayout, nodes: list[NodeLayout], cid: str
+) -> None:
+    """Format every node's log dir that has not been formatted yet, in parallel."""
+    pending = []
+    for node in nodes:
+        if (node.log_dirs / "meta.properties").exists():
+            continue
+        cmd = [
+            *_java_base(runtime, cluster, node),
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cid,
+            "-c",
+            str(node.properties_path),
+        ]
+        if cluster.node_count == 1:
+            cmd.append("--standalone")
+        pending.append(
+            (node, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        )
+    for node, proc in pending:
+        out, _ = proc.communicate(timeout=120)
+        if proc.returncode != 0:
+            raise BrokerSetupError(
+                f"formatting node {node.node_id} storage failed (exit {proc.returncode}):\n"
+                f"{out.decode(errors='replace')[-2000:]}"
+            )
+
+
+def _launch(runtime: KafkaRuntime, cluster: ClusterLayout, node: NodeLayout) -> int:
+    cmd = [*_java_base(runtime, cluster, node), "kafka.Kafka", str(node.properties_path)]
+    with node.log_path.open("ab") as log_file:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # detached: survives the terminal and the CLI exiting
+            close_fds=True,
+        )
+    node.pid_path.write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def _log_tail(node: NodeLayout, lines: int = 30) -> str:
+    try:
+        return "\n".join(node.log_path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def start(
+    cluster: ClusterLayout,
+    cache_dir: Path,
+    kafka_home: str | None = None,
+    timeout_s: float = 120.0,
+) -> StartResult:
+    """Start every node that is not running and return once all of them serve requests."""
+    began = time.monotonic()
+    _check_layout_matches(cluster)
+    current = {s.node_id: s for s in status(cluster)}
+    to_start = [node for node in cluster.nodes if not current[node.node_id].process_alive]
+    busy = [p for node in to_start for p in (node.port, node.controller_port) if not port_free(p)]
+    if busy:
+        raise BrokerSetupError(
+            f"port(s) {', '.join(map(str, busy))} already in use by another program: pass "
+            f"--port N (node n uses N+2(n-1) and the next port) or stop that program"
+        )
+    cid = _cluster_id(cluster)
+    if to_start:
+        runtime = resolve_runtime(cache_dir, kafka_home)
+        log.info(
+            "broker_starting",
+            nodes=[n.node_id for n in to_start],
+            runtime=runtime.source,
+            data_dir=str(cluster.data_dir),
+        )
+        (cluster.data_dir / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
+        for node in to_start:
+            node.node_dir.mkdir(parents=True, exist_ok=True)
+            node.properties_path.write_text(server_properties(cluster, node))
+        _format_storage(runtime, cluster, to_start, cid)
+        for node in to_start:
+            pid = _launch(runtime, cluster, node)
+            log.info(
+                "broker_node_launched",
+                node_id=node.node_id,
+                pid=pid,
+                port=node.port,
+                log=str(node.log_path),
+            )
+
+    def check_alive() -> None:
+        for node in to_start:
+            pid = read_pid(node)
+            if pid is None or not process_alive(pid, node):
+                raise BrokerSetupError(
+                    f"Kafka node {node.node_id} exited during start; its log "
+                    f"({node.log_path}) ends with:\n{_log_tail(node)}"
+                )
+
+    remaining = timeout_s - (time.monotonic() - began)
+    try:
+        wait_for_brokers(
+            cluster.bootstrap_servers,
+            {n.node_id for n in cluster.nodes},
+            max(remaining, 5.0),
+            check_alive,
+        )
+    except TimeoutError as exc:
+        tails = "\n".join(f"--- node {n.node_id}:\n{_log_tail(n, 10)}" for n in cluster.nodes)
+        raise BrokerSetupError(f"{exc}; see the node logs:\n{tails}") from exc
+    return StartResult(
+        bootstrap_servers=cluster.bootstrap_servers,
+        already_running=not to_start,
+        ready_seconds=time.monotonic() - began,
+        cluster_id=cid,
+    )
+
+
+def stop(cluster: ClusterLayout, timeout_s: float = 30.0) -> list[int]:
+    """SIGTERM every node by its pid file, SIGKILL those still running after timeout_s.
+
+    Returns the ids of the nodes that were running.
+    """
+    signalled: list[tuple[NodeLayout, int]] = []
+    for node in cluster.nodes:
+        pid = read_pid(node)
+        if pid is not None and process_alive(pid, node):
+            os.kill(pid, signal.SIGTERM)
+            signalled.append((node, pid))
+    running = list(signalled)
+    deadline = time.monotonic() + timeout_s
+    while running and time.monotonic() < deadline:
+        running = [(n, p) for n, p in running if process_alive(p, n)]
+        if running:
+            time.sleep(0.1)
+    for node, pid in running:
+        log.warning("broker_node_killed", node_id=node.node_id, pid=pid, after_s=timeout_s)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        while process_alive(pid, node):
+            time.sleep(0.05)
+    # Only now: a stop interrupted half-way still finds the pids of what runs.
+    for node in cluster.nodes:
+        node.pid_path.unlink(missing_ok=True)
+    return [n.node_id for n, _ in signalled]
