@@ -39,30 +39,31 @@ def cluster_id(bootstrap_servers: str, timeout_s: float = 10.0) -> str:
 
 
 def wait_for_brokers(
-    bootstrap_servers: str,
-    expected_ids: set[int],
+    node_addresses: Mapping[int, str],
     timeout_s: float,
     check_alive: Callable[[], None] = lambda: None,
 ) -> float:
-    """Poll until every expected broker is listed; return the seconds it took.
+    """Poll until every node answers on its own address and lists all nodes; return seconds.
 
-    `check_alive` raises if a process being waited on has died, so a crashed broker fails
-    fast instead of running out the timeout.
+    Each node is asked directly by a fresh client bootstrapped on that node alone: the
+    cluster's metadata keeps listing a node that was just killed until its session times out,
+    so asking any node would call a restarting one ready too early. `check_alive` raises if a
+    process being waited on has died, so a crashed broker fails fast.
     """
     started = time.monotonic()
-    client = admin_client(bootstrap_servers)
+    expected = set(node_addresses)
+    waiting = dict(node_addresses)
     while True:
         check_alive()
-        try:
-            seen = set(client.list_topics(timeout=1.0).brokers)
-        except KafkaException:
-            seen = set()
-        if expected_ids <= seen:
+        for node_id, address in list(waiting.items()):
+            if expected <= live_broker_ids(address, timeout_s=1.0):
+                del waiting[node_id]
+        if not waiting:
             return time.monotonic() - started
         if time.monotonic() - started > timeout_s:
-            missing = sorted(expected_ids - seen)
             raise TimeoutError(
-                f"brokers {missing} not ready at {bootstrap_servers} after {timeout_s:.0f} s"
+                f"nodes {sorted(waiting)} not ready at {', '.join(waiting.values())} "
+                f"after {timeout_s:.0f} s"
             )
         time.sleep(0.2)
 
