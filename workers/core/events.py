@@ -1,0 +1,142 @@
+"""FeatureEvent decoding and validation against a model's feature list, and Prediction encoding.
+
+Decoding is generated per model: the manifest's feature names become the fields of a msgspec
+Struct, so one C-level decode both parses and validates an event and yields its features in
+manifest order, ready to become a row of the scoring matrix.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any, Final
+
+import msgspec
+
+MAX_EVENT_ID_CHARS: Final = 256
+DEFAULT_MAX_VALUE_BYTES: Final = 1_048_576
+
+EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_EVENT_ID_CHARS)]
+EpochMillis = Annotated[int, msgspec.Meta(ge=0)]
+
+_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+
+
+class ErrorType(StrEnum):
+    """Why an event went to the dead-letter topic (the `error.type` header)."""
+
+    DECODE = "decode"  # not JSON, not UTF-8, truncated, too large or too deeply nested
+    SCHEMA = "schema"  # JSON, but not a FeatureEvent (top-level shape and types)
+    FEATURES = "features"  # a FeatureEvent whose features do not fit the model
+    MODEL = "model"  # the model failed on it
+
+
+# (event_id, features in manifest order, event_time or None)
+DecodedEvent = tuple[str, tuple[float, ...], int | None]
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidEvent:
+    """An event that cannot be scored: a value, so the loop can dead-letter it and go on."""
+
+    error_type: ErrorType
+    message: str
+
+
+class Prediction(msgspec.Struct, omit_defaults=True):
+    event_id: str
+    model_name: str
+    model_version: int
+    label: str | int | bool
+    score: float
+    event_time: int
+    scored_at: int
+    probabilities: dict[str, float] | None = None
+
+
+class EventDecoder:
+    """Decode FeatureEvent bytes for one model's ordered feature list."""
+
+    def __init__(
+        self, features: Sequence[str], max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+    ) -> None:
+        if not features:
+            raise ValueError("a model needs at least one feature")
+        if len(set(features)) != len(features):
+            raise ValueError("feature names must be unique")
+        self.features = tuple(features)
+        self.max_value_bytes = max_value_bytes
+        fields = [f"f{i}" for i in range(len(self.features))]
+        # Field names must be identifiers; the wire names ("mean radius") are the renames.
+        features_struct = msgspec.defstruct(
+            "Features",
+            [(name, float) for name in fields],
+            rename=dict(zip(fields, self.features, strict=True)),
+            forbid_unknown_fields=False,
+            array_like=False,
+        )
+        self._event_type = msgspec.defstruct(
+            "FeatureEvent",
+            [
+                ("event_id", EventId),
+                ("features", features_struct),
+                ("event_time", EpochMillis | None, None),
+            ],
+            forbid_unknown_fields=False,
+        )
+        self._decoder = msgspec.json.Decoder(self._event_type)
+        self._astuple = msgspec.structs.astuple
+
+    def decode(self, value: bytes | None) -> DecodedEvent | InvalidEvent:  # noqa: PLR0911
+        """Return (event_id, features in manifest order, event_time) or why it is invalid."""
+        if value is None:
+            return InvalidEvent(ErrorType.DECODE, "empty message (null value / tombstone)")
+        if len(value) > self.max_value_bytes:
+            return InvalidEvent(
+                ErrorType.DECODE,
+                f"value of {len(value)} bytes exceeds the limit of {self.max_value_bytes}",
+            )
+        try:
+            event: Any = self._decoder.decode(value)
+        except msgspec.ValidationError as exc:
+            return _classify(str(exc))
+        except RecursionError:
+            return InvalidEvent(ErrorType.DECODE, "JSON nested too deeply")
+        except (msgspec.DecodeError, ValueError) as exc:  # malformed JSON, invalid UTF-8
+            return InvalidEvent(ErrorType.DECODE, str(exc) or type(exc).__name__)
+        row: tuple[float, ...] = self._astuple(event.features)
+        for index, x in enumerate(row):
+            # JSON has no NaN/Infinity literals, but an overflowing number such as 1e400
+            # must still never reach the model.
+            if not math.isfinite(x):
+                return InvalidEvent(
+                    ErrorType.FEATURES,
+                    f"feature {self.features[index]!r} is not a finite number",
+                )
+        return event.event_id, row, event.event_time
+
+
+def _classify(message: str) -> InvalidEvent:
+    match = _PATH.search(message)
+    path = match.group("path") if match else ""
+    # `features` itself of the wrong type is a malformed event; inside it, a misfit feature.
+    wrong_container = path == ".features" and message.startswith("Expected")
+    if path.startswith(".features") and not wrong_container:
+        return InvalidEvent(ErrorType.FEATURES, message.replace("`", "'"))
+    return InvalidEvent(ErrorType.SCHEMA, message.replace("`", "'"))
+
+
+def encode_predictions(predictions: Sequence[Prediction]) -> list[bytes]:
+    return [_ENCODER.encode(p) for p in predictions]
+
+
+_ENCODER: Final = msgspec.json.Encoder()
+
+
+def json_value(value: Any) -> Any:  # noqa: ANN401 - numpy scalars in, JSON-native out
+    """Turn a numpy scalar (a model's class label) into the Python value JSON carries."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) else value

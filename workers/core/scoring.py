@@ -1,0 +1,83 @@
+"""Score a matrix of rows with a loaded model: one vectorised call per micro-batch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from workers.core.events import json_value
+
+Matrix = npt.NDArray[np.float64]
+Label = str | int | bool
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredBatch:
+    labels: list[Label]
+    scores: list[float]
+    probabilities: list[dict[str, float]] | None
+
+
+class Scorer(Protocol):
+    features: tuple[str, ...]
+
+    def score(self, matrix: Matrix) -> ScoredBatch: ...
+
+
+class SklearnClassifierScorer:
+    """predict_proba once per batch; label = argmax class, score = its probability."""
+
+    def __init__(self, model: Any, features: Sequence[str]) -> None:  # noqa: ANN401
+        self.model = model
+        self.features = tuple(features)
+        self.classes: list[Label] = [json_value(c) for c in model.classes_]
+        self.class_keys = [str(c) for c in self.classes]
+
+    def score(self, matrix: Matrix) -> ScoredBatch:
+        proba: Matrix = self.model.predict_proba(matrix)
+        best = proba.argmax(axis=1)
+        classes, keys = self.classes, self.class_keys
+        return ScoredBatch(
+            labels=[classes[i] for i in best.tolist()],
+            scores=proba[np.arange(len(best)), best].tolist(),
+            probabilities=[dict(zip(keys, row, strict=True)) for row in proba.tolist()],
+        )
+
+
+class RiverClassifierScorer:
+    """river models score one dict at a time; the batch is looped here, not in the caller."""
+
+    def __init__(
+        self,
+        model: Any,  # noqa: ANN401
+        features: Sequence[str],
+        classes: Sequence[Label],
+    ) -> None:
+        self.model = model
+        self.features = tuple(features)
+        self.classes = list(classes)
+        self.class_keys = [str(c) for c in self.classes]
+
+    def score(self, matrix: Matrix) -> ScoredBatch:
+        labels: list[Label] = []
+        scores: list[float] = []
+        probabilities: list[dict[str, float]] = []
+        for row in matrix.tolist():
+            proba = self.model.predict_proba_one(dict(zip(self.features, row, strict=True)))
+            full = [float(proba.get(c, 0.0)) for c in self.classes]
+            best = max(range(len(full)), key=full.__getitem__)
+            labels.append(self.classes[best])
+            scores.append(full[best])
+            probabilities.append(dict(zip(self.class_keys, full, strict=True)))
+        return ScoredBatch(labels, scores, probabilities)
+
+
+def rows_to_matrix(rows: Sequence[tuple[float, ...]], width: int) -> Matrix:
+    """Stack decoded rows (already in manifest order) into one C-contiguous float64 matrix."""
+    if not rows:
+        return np.empty((0, width), dtype=np.float64)
+    return np.array(rows, dtype=np.float64)

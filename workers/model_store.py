@@ -1,0 +1,334 @@
+"""The model registry on disk: list, verify (sha256 before unpickling), load, register, watch.
+
+Layout: `<models-dir>/<name>/<version>/model.joblib` and `manifest.json`, version a positive
+integer. A pickled model is code, so its bytes are hashed and compared with the manifest before
+joblib sees them, and the bytes that were hashed are the bytes that are loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import shutil
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import structlog
+
+from workers.core.scoring import (
+    Label,
+    RiverClassifierScorer,
+    Scorer,
+    SklearnClassifierScorer,
+)
+
+MANIFEST = "manifest.json"
+ARTIFACT = "model.joblib"
+FRAMEWORKS = ("sklearn", "river")
+REQUIRED_FIELDS = ("name", "version", "framework", "features", "sha256", "created_at")
+
+log = structlog.get_logger("scorestream.model_store")
+
+
+class ModelError(Exception):
+    """A model version cannot be served; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    name: str
+    version: int
+    framework: str
+    features: tuple[str, ...]
+    classes: tuple[Label, ...]
+    sha256: str
+    raw: Mapping[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], where: str) -> Manifest:
+        missing = [k for k in REQUIRED_FIELDS if k not in data]
+        if missing:
+            raise ModelError(f"{where}: manifest lacks {', '.join(missing)}")
+        features = data["features"]
+        if (
+            not isinstance(features, list)
+            or not features
+            or not all(isinstance(f, str) and f for f in features)
+            or len(set(features)) != len(features)
+        ):
+            raise ModelError(f"{where}: features must be a non-empty list of unique names")
+        if data["framework"] not in FRAMEWORKS:
+            raise ModelError(f"{where}: framework {data['framework']!r} is not one of {FRAMEWORKS}")
+        version = data["version"]
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ModelError(f"{where}: version must be a positive integer")
+        return cls(
+            name=str(data["name"]),
+            version=version,
+            framework=str(data["framework"]),
+            features=tuple(features),
+            classes=tuple(data.get("classes") or ()),
+            sha256=str(data["sha256"]),
+            raw=dict(data),
+        )
+
+    def training_means(self) -> list[float]:
+        summary = self.raw.get("feature_summary") or {}
+        return [float(summary.get(f, {}).get("mean", 0.0)) for f in self.features]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    manifest: Manifest
+    scorer: Scorer
+    path: Path
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+
+def list_versions(model_dir: Path) -> list[int]:
+    """Versions present under a model folder, ascending (only integer folders with a manifest)."""
+    if not model_dir.is_dir():
+        return []
+    return sorted(
+        int(child.name)
+        for child in model_dir.iterdir()
+        if child.name.isdigit() and int(child.name) > 0 and (child / MANIFEST).is_file()
+    )
+
+
+def read_manifest(version_dir: Path) -> Manifest:
+    where = str(version_dir / MANIFEST)
+    try:
+        data = json.loads((version_dir / MANIFEST).read_text())
+    except FileNotFoundError as exc:
+        raise ModelError(f"{where} does not exist") from exc
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{where} is not readable JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelError(f"{where} is not a JSON object")
+    manifest = Manifest.from_json(data, where)
+    if str(manifest.version) != version_dir.name:
+        raise ModelError(f"{where} says version {manifest.version}, folder is {version_dir.name}")
+    return manifest
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_version(version_dir: Path) -> LoadedModel:
+    """Verify and load one version; raise ModelError (never unpickle unverified bytes)."""
+    manifest = read_manifest(version_dir)
+    try:
+        blob = (version_dir / ARTIFACT).read_bytes()
+    except OSError as exc:
+        raise ModelError(f"{version_dir / ARTIFACT}: {exc.strerror}") from exc
+    actual = sha256_hex(blob)
+    if actual != manifest.sha256:
+        raise ModelError(
+            f"{version_dir / ARTIFACT}: sha256 {actual} does not match the manifest's "
+            f"{manifest.sha256}; refusing to load it"
+        )
+    try:
+        model = joblib.load(io.BytesIO(blob))
+    except Exception as exc:  # an unpickling failure can raise anything
+        raise ModelError(f"{version_dir / ARTIFACT}: cannot be loaded: {exc!r}") from exc
+    scorer = make_scorer(manifest, model)
+    _probe(manifest, scorer, version_dir)
+    return LoadedModel(manifest, scorer, version_dir)
+
+
+def make_scorer(manifest: Manifest, model: Any) -> Scorer:  # noqa: ANN401
+    if manifest.framework == "river":
+        if not hasattr(model, "predict_proba_one"):
+            raise ModelError(f"{manifest.name} v{manifest.version}: river model is no classifier")
+        if not manifest.classes:
+            raise ModelError(f"{manifest.name} v{manifest.version}: river manifest lacks classes")
+        return RiverClassifierScorer(model, manifest.features, manifest.classes)
+    if not hasattr(model, "predict_proba") or not hasattr(model, "classes_"):
+        raise ModelError(
+            f"{manifest.name} v{manifest.version}: not a fitted classifier with predict_proba"
+        )
+    n_features = getattr(model, "n_features_in_", len(manifest.features))
+    if n_features != len(manifest.features):
+        raise ModelError(
+            f"{manifest.name} v{manifest.version}: model expects {n_features} features, "
+            f"manifest lists {len(manifest.features)}"
+        )
+    return SklearnClassifierScorer(model, manifest.features)
+
+
+def _probe(manifest: Manifest, scorer: Scorer, where: Path) -> None:
+    """Score one row of training means: a model that loads but cannot score is refused now."""
+    row = np.array([manifest.training_means()], dtype=np.float64)
+    try:
+        result = scorer.score(row)
+    except Exception as exc:  # the model's own failure, whatever it is
+        raise ModelError(f"{where}: scoring a probe row failed: {exc!r}") from exc
+    if len(result.scores) != 1 or not all(math.isfinite(s) for s in result.scores):
+        raise ModelError(f"{where}: scoring a probe row gave {result.scores}")
+
+
+def check_compatible(serving: Manifest, candidate: Manifest) -> None:
+    """Refuse a version that would reject events the serving version accepts."""
+    if candidate.name != serving.name:
+        raise ModelError(f"version {candidate.version} is model {candidate.name!r}")
+    missing = sorted(set(candidate.features) - set(serving.features))
+    if missing:
+        raise ModelError(
+            f"version {candidate.version} needs features {missing} that version "
+            f"{serving.version} does not; events valid today would be dead-lettered"
+        )
+
+
+def resolve(model_dir: Path, pinned: int | None) -> Path:
+    """The version folder to serve first: the pinned one or the highest."""
+    if not model_dir.is_dir():
+        raise ModelError(
+            f"{model_dir} is no model folder: train one with "
+            f"`scorestream train --name {model_dir.name} --models-dir {model_dir.parent}`"
+        )
+    if pinned is not None:
+        return model_dir / str(pinned)
+    versions = list_versions(model_dir)
+    if not versions:
+        raise ModelError(
+            f"{model_dir} has no versions: train one with "
+            f"`scorestream train --name {model_dir.name} --models-dir {model_dir.parent}`"
+        )
+    return model_dir / str(versions[-1])
+
+
+def load_newest_good(model_dir: Path, pinned: int | None) -> LoadedModel:
+    """Load the pinned version, or the highest that verifies (refusing broken ones on the way)."""
+    if pinned is not None:
+        return load_version(resolve(model_dir, pinned))
+    resolve(model_dir, None)  # raises the helpful error when there is nothing at all
+    errors = []
+    for version in reversed(list_versions(model_dir)):
+        try:
+            return load_version(model_dir / str(version))
+        except ModelError as exc:
+            log.error("model_refused", model_dir=str(model_dir), version=version, reason=str(exc))
+            errors.append(str(exc))
+    raise ModelError(f"no loadable version in {model_dir}: " + "; ".join(errors))
+
+
+def register(model_dir: Path, write: Callable[[Path, int], None]) -> Path:
+    """Create the next version folder atomically: `write(tmp, version)` fills it, then rename."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    while True:
+        versions = list_versions(model_dir)
+        version = (versions[-1] if versions else 0) + 1
+        tmp = model_dir / f".tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            write(tmp, version)
+            try:
+                tmp.rename(model_dir / str(version))
+            except OSError:
+                # Another trainer took that number first: try the next one.
+                if (model_dir / str(version)).exists():
+                    continue
+                raise
+            return model_dir / str(version)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+
+
+class ModelWatcher:
+    """Poll for newer versions in a background thread; hand a verified one over between batches.
+
+    Loading (hashing, unpickling, the probe row) happens on this thread, never on the hot path.
+    A refused version is not tried again until its files change.
+    """
+
+    def __init__(self, model_dir: Path, serving: Manifest, poll_interval_s: float) -> None:
+        self.model_dir = model_dir
+        self.poll_interval_s = poll_interval_s
+        self._serving = serving
+        self._ready: LoadedModel | None = None
+        self._refused: dict[int, tuple[int, int]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def take_ready(self) -> LoadedModel | None:
+        """Return a newer verified version once, or None; called by the loop between batches."""
+        if self._ready is None:  # cheap unlocked check on the hot path
+            return None
+        with self._lock:
+            ready, self._ready = self._ready, None
+        if ready is not None:
+            self._serving = ready.manifest
+        return ready
+
+    def check_once(self) -> None:
+        with self._lock:
+            pending = self._ready
+        current = pending.manifest if pending is not None else self._serving
+        for version in reversed(list_versions(self.model_dir)):
+            if version <= current.version:
+                return
+            version_dir = self.model_dir / str(version)
+            stamp = _stamp(version_dir)
+            if self._refused.get(version) == stamp:
+                continue
+            try:
+                loaded = load_version(version_dir)
+                check_compatible(current, loaded.manifest)
+            except ModelError as exc:
+                self._refused[version] = stamp
+                log.error(
+                    "model_refused",
+                    model=current.name,
+                    version=version,
+                    serving_version=current.version,
+                    reason=str(exc),
+                )
+                continue
+            with self._lock:
+                self._ready = loaded
+            log.info(
+                "model_loaded",
+                model=loaded.manifest.name,
+                version=version,
+                sha256=loaded.manifest.sha256,
+            )
+            return
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_interval_s):
+            try:
+                self.check_once()
+            except Exception:  # a bug here must not kill the worker that keeps serving
+                log.exception("model_watch_failed", model_dir=str(self.model_dir))
+
+
+def _stamp(version_dir: Path) -> tuple[int, int]:
+    stamps = []
+    for name in (MANIFEST, ARTIFACT):
+        try:
+            stamps.append((version_dir / name).stat().st_mtime_ns)
+        except OSError:
+            stamps.append(0)
+    return stamps[0], stamps[1]

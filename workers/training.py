@@ -1,0 +1,189 @@
+"""`scorestream train`: fit a model on a data set that ships inside a wheel and register it."""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import numpy.typing as npt
+
+from workers.core.feature_summary import summarize_features
+from workers.core.scoring import Label
+from workers.model_store import ARTIFACT, MANIFEST, register, sha256_hex
+
+DATASETS = ("breast_cancer", "wine", "iris", "phishing")
+ESTIMATORS = ("logistic_regression", "hist_gradient_boosting", "river_logistic_regression")
+
+
+@dataclass(frozen=True, slots=True)
+class Dataset:
+    name: str
+    features: list[str]
+    x: npt.NDArray[np.float64]
+    y: npt.NDArray[Any]
+
+
+def snake_case(name: str) -> str:
+    return re.sub(r"[^0-9a-z]+", "_", name.strip().lower()).strip("_")
+
+
+def load_dataset(name: str) -> Dataset:
+    """Load a data set bundled with scikit-learn or river (never downloaded at run time)."""
+    if name == "phishing":
+        from river.datasets import Phishing  # noqa: PLC0415 - river imports are slow
+
+        rows = list(Phishing())
+        features = list(rows[0][0])
+        x = np.array([[float(xi[f]) for f in features] for xi, _ in rows], dtype=np.float64)
+        y = np.array([bool(yi) for _, yi in rows])
+        return Dataset(name, features, x, y)
+    from sklearn import datasets  # noqa: PLC0415
+
+    loaders: dict[str, Callable[..., Any]] = {
+        "breast_cancer": datasets.load_breast_cancer,
+        "wine": datasets.load_wine,
+        "iris": datasets.load_iris,
+    }
+    if name not in loaders:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    bunch = loaders[name]()
+    features = [snake_case(f) for f in bunch.feature_names]
+    return Dataset(name, features, np.asarray(bunch.data, dtype=np.float64), bunch.target)
+
+
+def build_estimator(estimator: str, seed: int) -> Any:  # noqa: ANN401 - sklearn or river model
+    from sklearn.ensemble import HistGradientBoostingClassifier  # noqa: PLC0415
+    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
+    from sklearn.pipeline import Pipeline  # noqa: PLC0415
+    from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
+
+    if estimator == "logistic_regression":
+        return Pipeline(
+            [("scale", StandardScaler()), ("classify", LogisticRegression(max_iter=2000))]
+        )
+    if estimator == "hist_gradient_boosting":
+        return Pipeline(
+            [
+                ("scale", StandardScaler()),
+                (
+                    "classify",
+                    HistGradientBoostingClassifier(
+                        max_iter=100, early_stopping=False, random_state=seed
+                    ),
+                ),
+            ]
+        )
+    if estimator == "river_logistic_regression":
+        from river import compose, linear_model, preprocessing  # noqa: PLC0415
+
+        return compose.Pipeline(preprocessing.StandardScaler(), linear_model.LogisticRegression())
+    raise ValueError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+
+
+def _metrics(
+    y_true: npt.NDArray[Any], proba: npt.NDArray[np.float64], classes: list[Any]
+) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score  # noqa: PLC0415
+
+    predicted = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
+    y_obj = np.asarray(y_true, dtype=object)
+    metrics = {
+        "accuracy": float(accuracy_score(y_obj.tolist(), predicted.tolist())),
+        "log_loss": float(log_loss(y_obj.tolist(), proba, labels=classes)),
+    }
+    if len(classes) == 2:
+        positive = classes[1]
+        metrics["roc_auc"] = float(roc_auc_score((y_obj == positive).astype(int), proba[:, 1]))
+        metrics["f1"] = float(
+            f1_score((y_obj == positive).astype(int), (predicted == positive).astype(int))
+        )
+    return metrics
+
+
+def _json_label(value: Any) -> Label:  # noqa: ANN401
+    item = getattr(value, "item", None)
+    result = item() if callable(item) else value
+    if not isinstance(result, str | int | bool):
+        raise TypeError(f"class label {value!r} is not a string, integer or boolean")
+    return result
+
+
+def train(  # noqa: PLR0913 - one keyword per CLI flag
+    name: str,
+    models_dir: Path,
+    *,
+    dataset: str = "breast_cancer",
+    estimator: str = "logistic_regression",
+    seed: int = 0,
+    test_size: float = 0.25,
+) -> Path:
+    """Fit, evaluate on a held-out split, and register the next version; return its folder."""
+    from sklearn.model_selection import train_test_split  # noqa: PLC0415
+
+    data = load_dataset(dataset)
+    x_train, x_test, y_train, y_test = train_test_split(
+        data.x, data.y, test_size=test_size, random_state=seed, stratify=data.y
+    )
+    model = build_estimator(estimator, seed)
+    framework = "river" if estimator.startswith("river_") else "sklearn"
+    if framework == "river":
+        for row, target in zip(x_train.tolist(), y_train.tolist(), strict=True):
+            model.learn_one(dict(zip(data.features, row, strict=True)), target)
+        classes = sorted({_json_label(c) for c in data.y.tolist()})
+        proba = np.array(
+            [
+                [
+                    model.predict_proba_one(dict(zip(data.features, row, strict=True))).get(c, 0.0)
+                    for c in classes
+                ]
+                for row in x_test.tolist()
+            ]
+        )
+    else:
+        model.fit(x_train, y_train)
+        classes = [_json_label(c) for c in model.classes_]
+        proba = model.predict_proba(x_test)
+    metrics = _metrics(y_test, proba, classes)
+
+    def write(folder: Path, version: int) -> None:
+        artifact = folder / ARTIFACT
+        joblib.dump(model, artifact)
+        manifest = {
+            "name": name,
+            "version": version,
+            "framework": framework,
+            "task": "classification",
+            "estimator": estimator,
+            "dataset": dataset,
+            "features": data.features,
+            "classes": classes,
+            "sha256": sha256_hex(artifact.read_bytes()),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "versions": _library_versions(framework),
+            "metrics": {**metrics, "train_rows": len(y_train), "test_rows": len(y_test)},
+            "feature_summary": summarize_features(x_train, data.features),
+            "seed": seed,
+        }
+        (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+    return register(models_dir / name, write)
+
+
+def _library_versions(framework: str) -> dict[str, str]:
+    versions = {
+        "python": platform.python_version(),
+        "numpy": package_version("numpy"),
+        "joblib": package_version("joblib"),
+    }
+    libraries = ("river",) if framework == "river" else ("scikit-learn",)
+    versions.update({lib: package_version(lib) for lib in libraries})
+    return versions
