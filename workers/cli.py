@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from workers import __version__
+from workers.core.events import DEFAULT_MAX_VALUE_BYTES
 from workers.local_kafka import cluster
 from workers.local_kafka.layout import MAX_NODES, ClusterLayout
 from workers.local_kafka.runtime import BrokerSetupError, default_cache_dir
 from workers.log import LOG_FORMATS, LOG_LEVELS, configure_logging
-from workers.settings import SettingsError, add_option, default_state_dir
+from workers.model_store import ModelError
+from workers.run_infer import StartupError
+from workers.settings import SettingsError, add_option, default_state_dir, kafka_config
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -156,7 +162,234 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     _add_broker_options(demo, environ)
     demo.set_defaults(handler=_demo)
+    _add_train_parser(commands, environ)
+    _add_infer_parser(commands, environ)
     return parser
+
+
+def _add_kafka_options(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    add_option(
+        parser,
+        "--bootstrap-servers",
+        environ=environ,
+        default="127.0.0.1:9092",
+        help="Kafka bootstrap servers, host:port[,host:port...]",
+    )
+    parser.add_argument(
+        "--kafka-config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra librdkafka setting, repeatable (TLS, SASL, tuning) "
+        "[env: SCORESTREAM_KAFKA_<KEY with dots as underscores>]",
+    )
+    add_option(
+        parser,
+        "--kafka-config-file",
+        environ=environ,
+        type=Path,
+        help="file of KEY=VALUE librdkafka settings (# comments allowed)",
+    )
+
+
+def _add_train_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN401
+    from workers.training import DATASETS, ESTIMATORS  # noqa: PLC0415
+
+    train = commands.add_parser(
+        "train",
+        help="train a model and register its next version",
+        description="Fit a pipeline on a data set that ships inside scikit-learn or river, "
+        "evaluate it on a held-out split and register it as the next version under "
+        "MODELS_DIR/NAME/<version>/ (model.joblib + manifest.json).",
+    )
+    add_option(train, "--name", environ=environ, help="model name (folder under --models-dir)")
+    add_option(
+        train,
+        "--models-dir",
+        environ=environ,
+        type=Path,
+        default=Path("models"),
+        help="registry root",
+    )
+    add_option(
+        train,
+        "--dataset",
+        environ=environ,
+        choices=DATASETS,
+        default="breast_cancer",
+        help="bundled training data",
+    )
+    add_option(
+        train,
+        "--estimator",
+        environ=environ,
+        choices=ESTIMATORS,
+        default="logistic_regression",
+        help="what to fit",
+    )
+    add_option(
+        train,
+        "--seed",
+        environ=environ,
+        type=int,
+        default=0,
+        help="random seed of the split and the estimator",
+    )
+    _add_logging_options(train, environ)
+    train.set_defaults(handler=_train)
+
+
+def _add_infer_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN401
+    infer = commands.add_parser(
+        "infer",
+        help="score feature events from Kafka and publish predictions",
+        description="Consume FeatureEvents as a consumer group, score them in micro-batches "
+        "with the newest verified version under --model (or --model-version), publish "
+        "Predictions keyed by event_id and dead-letter every event that cannot be scored. "
+        "At-least-once: an input offset is committed only after its outputs are acknowledged. "
+        "SIGTERM/SIGINT finish the batch, commit and exit 0.",
+    )
+    _add_kafka_options(infer, environ)
+    add_option(
+        infer,
+        "--model",
+        environ=environ,
+        type=Path,
+        help="model folder in the registry, e.g. models/NAME (required)",
+    )
+    add_option(
+        infer,
+        "--model-version",
+        environ=environ,
+        type=_positive_int,
+        help="pin this version (default: serve the highest and pick up newer ones)",
+    )
+    add_option(
+        infer,
+        "--model-poll-s",
+        environ=environ,
+        type=float,
+        default=5.0,
+        help="how often to look for a newer version (0: never)",
+    )
+    add_option(infer, "--input-topic", environ=environ, default="features", help="FeatureEvents")
+    add_option(infer, "--output-topic", environ=environ, default="predictions", help="Predictions")
+    add_option(
+        infer,
+        "--dlq-topic",
+        environ=environ,
+        default="features.dlq",
+        help="dead letters: original key and value, error headers",
+    )
+    add_option(
+        infer,
+        "--group-id",
+        environ=environ,
+        default="scorestream-infer",
+        help="consumer group; scale by running more workers with the same id",
+    )
+    add_option(
+        infer,
+        "--batch-size",
+        environ=environ,
+        type=_positive_int,
+        default=1000,
+        help="most events per micro-batch",
+    )
+    add_option(
+        infer,
+        "--batch-timeout-ms",
+        environ=environ,
+        type=_positive_int,
+        default=20,
+        help="longest wait to fill a micro-batch",
+    )
+    add_option(
+        infer,
+        "--processing-guarantee",
+        environ=environ,
+        choices=("at-least-once", "exactly-once"),
+        default="at-least-once",
+        help="delivery guarantee",
+    )
+    add_option(
+        infer,
+        "--max-value-bytes",
+        environ=environ,
+        type=_positive_int,
+        default=DEFAULT_MAX_VALUE_BYTES,
+        help="larger values are dead-lettered",
+    )
+    add_option(
+        infer,
+        "--metrics-port",
+        environ=environ,
+        type=int,
+        help="serve Prometheus metrics and /healthz on this port",
+    )
+    add_option(
+        infer,
+        "--log-interval-s",
+        environ=environ,
+        type=float,
+        default=10.0,
+        help="seconds between summary log lines",
+    )
+    _add_logging_options(infer, environ)
+    infer.set_defaults(handler=_infer)
+
+
+def _train(args: argparse.Namespace, _environ: Mapping[str, str]) -> int:
+    from workers.training import train  # noqa: PLC0415
+
+    if not args.name:
+        raise SettingsError("--name is required (or SCORESTREAM_NAME)")
+    folder = train(
+        args.name,
+        args.models_dir,
+        dataset=args.dataset,
+        estimator=args.estimator,
+        seed=args.seed,
+    )
+    manifest = json.loads((folder / "manifest.json").read_text())
+    structlog.get_logger("scorestream.train").info(
+        "model_registered",
+        model=manifest["name"],
+        version=manifest["version"],
+        path=str(folder),
+        sha256=manifest["sha256"],
+        metrics=manifest["metrics"],
+    )
+    return EXIT_OK
+
+
+def _infer(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from workers.kafka_io.infer_loop import InferSettings  # noqa: PLC0415
+    from workers.run_infer import install_stop_handlers, run_infer  # noqa: PLC0415
+
+    if args.model is None:
+        raise SettingsError("--model is required (or SCORESTREAM_MODEL), e.g. models/NAME")
+    if args.processing_guarantee == "exactly-once":
+        raise SettingsError(
+            "--processing-guarantee exactly-once is not available yet; use at-least-once"
+        )
+    if args.metrics_port is not None:
+        raise SettingsError("--metrics-port is not available yet; leave it unset")
+    settings = InferSettings(
+        bootstrap_servers=args.bootstrap_servers,
+        input_topic=args.input_topic,
+        output_topic=args.output_topic,
+        dlq_topic=args.dlq_topic,
+        group_id=args.group_id,
+        batch_size=args.batch_size,
+        batch_timeout_ms=args.batch_timeout_ms,
+        kafka_config=kafka_config(args.kafka_config, args.kafka_config_file, environ),
+        max_value_bytes=args.max_value_bytes,
+        log_interval_s=args.log_interval_s,
+    )
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    return run_infer(settings, args.model, args.model_version, args.model_poll_s, stop)
 
 
 def _layout(args: argparse.Namespace) -> ClusterLayout:
@@ -226,7 +459,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     handler: Handler = args.handler
     try:
         return handler(args, env)
-    except (BrokerSetupError, SettingsError) as exc:
+    except (BrokerSetupError, SettingsError, StartupError, ModelError) as exc:
         print(f"scorestream: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -1,0 +1,107 @@
+"""Build confluent-kafka clients with our defaults, the user's pass-through settings and logging."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, Producer
+
+log = structlog.get_logger("scorestream.kafka")
+
+# Settings whose values must never reach a log line.
+SECRET_MARKERS = ("password", "secret", "sasl.oauthbearer.config", "key.pem", "token")
+
+
+def redact(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        k: ("***" if any(m in k.lower() for m in SECRET_MARKERS) else v)
+        for k, v in config.items()
+        if not callable(v) and not isinstance(v, logging.Logger)
+    }
+
+
+class _LibrdkafkaLogHandler(logging.Handler):
+    """Forward librdkafka's own log lines as structured warnings."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log.warning("librdkafka_log", client=record.name, message=record.getMessage())
+
+
+class ErrorReporter:
+    """error_cb: log each distinct client error at most once per interval (no storms)."""
+
+    def __init__(self, client: str, interval_s: float = 10.0) -> None:
+        self.client = client
+        self.interval_s = interval_s
+        self._last: dict[int, float] = {}
+        self._suppressed: dict[int, int] = {}
+
+    def __call__(self, err: KafkaError) -> None:
+        now = time.monotonic()
+        code = err.code()
+        if err.fatal() or now - self._last.get(code, -1e9) >= self.interval_s:
+            log.warning(
+                "kafka_client_error",
+                client=self.client,
+                code=err.name(),
+                reason=err.str(),
+                fatal=err.fatal(),
+                retriable=err.retriable(),
+                suppressed=self._suppressed.pop(code, 0),
+            )
+            self._last[code] = now
+        else:
+            self._suppressed[code] = self._suppressed.get(code, 0) + 1
+
+
+def _logger(name: str) -> logging.Logger:
+    logger = logging.getLogger(f"scorestream.librdkafka.{name}")
+    if not logger.handlers:
+        logger.addHandler(_LibrdkafkaLogHandler())
+        logger.propagate = False
+        logger.setLevel(logging.WARNING)
+    return logger
+
+
+def make_producer(
+    bootstrap_servers: str,
+    extra: Mapping[str, str],
+    *,
+    defaults: Mapping[str, Any],
+    required: Mapping[str, Any],
+    name: str,
+) -> Producer:
+    """Defaults < the user's --kafka-config < what our delivery guarantee depends on."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap_servers,
+        **defaults,
+        **extra,
+        **required,
+    }
+    config.setdefault("error_cb", ErrorReporter(name))
+    config.setdefault("logger", _logger(name))
+    return Producer(config)
+
+
+def make_consumer(
+    bootstrap_servers: str,
+    extra: Mapping[str, str],
+    *,
+    defaults: Mapping[str, Any],
+    required: Mapping[str, Any],
+    name: str,
+) -> Consumer:
+    """Defaults < the user's --kafka-config < what our delivery guarantee depends on."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap_servers,
+        **defaults,
+        **extra,
+        **required,
+    }
+    config.setdefault("error_cb", ErrorReporter(name))
+    config.setdefault("logger", _logger(name))
+    return Consumer(config)

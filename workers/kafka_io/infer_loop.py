@@ -1,0 +1,392 @@
+"""The inference worker's consume -> score -> produce loop (at-least-once).
+
+Offsets are stored only once the broker has acknowledged every record produced for them
+(predictions and dead letters alike). librdkafka reports only failed deliveries, so success is
+read from the producer's queue running empty: after `poll`, `len(producer) == 0` means every
+record produced so far is acknowledged. Under steady load the queue is rarely empty, so at least
+every `confirm_interval_s` the loop waits for it (a flush); a failed delivery rewinds the
+partitions to the first unconfirmed offset instead of advancing them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, cast
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from workers.core.events import EventDecoder, InvalidEvent
+from workers.core.inference import ServingModel, score_batch
+from workers.kafka_io.admin import admin_client
+from workers.kafka_io.clients import make_consumer, make_producer, redact
+from workers.model_store import LoadedModel, ModelWatcher
+
+log = structlog.get_logger("scorestream.infer")
+
+TopicKey = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class InferSettings:
+    bootstrap_servers: str
+    input_topic: str
+    output_topic: str
+    dlq_topic: str
+    group_id: str
+    batch_size: int
+    batch_timeout_ms: int
+    kafka_config: dict[str, str]
+    max_value_bytes: int
+    log_interval_s: float = 10.0
+    confirm_interval_s: float = 0.5
+
+
+def serving_model(loaded: LoadedModel, max_value_bytes: int) -> ServingModel:
+    return ServingModel(
+        name=loaded.manifest.name,
+        version=loaded.manifest.version,
+        decoder=EventDecoder(loaded.manifest.features, max_value_bytes),
+        scorer=loaded.scorer,
+    )
+
+
+class _Stats:
+    def __init__(self) -> None:
+        self.consumed = 0
+        self.scored = 0
+        self.batches = 0
+        self.max_batch = 0
+        self.dead_letters: Counter[str] = Counter()
+        self.rewinds = 0
+        self.since = time.monotonic()
+        self.consumed_at_last = 0
+
+
+class InferenceWorker:
+    def __init__(
+        self,
+        settings: InferSettings,
+        model: LoadedModel,
+        watcher: ModelWatcher | None = None,
+    ) -> None:
+        self.settings = settings
+        self.model = serving_model(model, settings.max_value_bytes)
+        self.model_sha256 = model.manifest.sha256
+        self.watcher = watcher
+        self.stats = _Stats()
+        self._failed_deliveries: list[KafkaError] = []
+        # Per input partition: (first offset not yet confirmed, next offset to store).
+        self._pending: dict[TopicKey, tuple[int, int]] = {}
+        self._oldest_pending = 0.0
+        self.producer: Producer = make_producer(
+            settings.bootstrap_servers,
+            settings.kafka_config,
+            defaults={
+                "linger.ms": 5,
+                "batch.num.messages": 10000,
+                "queue.buffering.max.messages": 1_000_000,
+                "queue.buffering.max.kbytes": 1_048_576,
+            },
+            required={
+                # Ordered, not duplicated by retries, acknowledged by all in-sync replicas.
+                "enable.idempotence": True,
+                "acks": "all",
+                "delivery.report.only.error": True,
+                "on_delivery": self._on_delivery_failure,
+            },
+            name="infer-producer",
+        )
+        self.consumer: Consumer = make_consumer(
+            settings.bootstrap_servers,
+            settings.kafka_config,
+            defaults={
+                "auto.offset.reset": "earliest",
+                "partition.assignment.strategy": "cooperative-sticky",
+                "auto.commit.interval.ms": 1000,
+                "fetch.wait.max.ms": 10,
+            },
+            required={
+                "group.id": settings.group_id,
+                # Stored offsets are committed periodically; we store only acknowledged ones.
+                "enable.auto.commit": True,
+                "enable.auto.offset.store": False,
+                "enable.partition.eof": False,
+            },
+            name="infer-consumer",
+        )
+
+    # -- delivery bookkeeping -------------------------------------------------------------
+
+    def _on_delivery_failure(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            self._failed_deliveries.append(err)
+
+    def _track(self, msgs: list[Message]) -> None:
+        pending = self._pending
+        if not pending:
+            self._oldest_pending = time.monotonic()
+        for msg in msgs:
+            # Set on every message that is not an error event, which were filtered out.
+            key = cast("TopicKey", (msg.topic(), msg.partition()))
+            offset = cast("int", msg.offset())
+            first = pending[key][0] if key in pending else offset
+            pending[key] = (first, offset + 1)
+
+    def _confirm(self, *, force: bool) -> None:
+        """Store offsets whose outputs are all acknowledged; rewind after a failed delivery."""
+        if not self._pending:
+            return
+        self.producer.poll(0)
+        if (
+            len(self.producer)
+            and not force
+            and not self._failed_deliveries
+            and time.monotonic() - self._oldest_pending < self.settings.confirm_interval_s
+        ):
+            return
+        self._flush_all()
+        if self._failed_deliveries:
+            self._rewind()
+            return
+        offsets = [TopicPartition(t, p, nxt) for (t, p), (_, nxt) in self._pending.items()]
+        self._pending = {}
+        try:
+            self.consumer.store_offsets(offsets=offsets)
+        except KafkaException as exc:
+            # A partition revoked meanwhile: its new owner re-reads from the committed offset.
+            log.warning("offsets_not_stored", reason=str(exc))
+
+    def _flush_all(self) -> None:
+        waited = 0.0
+        while self.producer.flush(1.0) > 0:
+            waited += 1.0
+            log.warning(
+                "waiting_for_acknowledgements",
+                in_flight=len(self.producer),
+                waited_s=waited,
+            )
+
+    def _rewind(self) -> None:
+        errors = self._failed_deliveries
+        self._failed_deliveries = []
+        self.stats.rewinds += 1
+        log.error(
+            "delivery_failed",
+            failures=len(errors),
+            first_error=errors[0].str(),
+            rewound={f"{t}[{p}]": first for (t, p), (first, _) in self._pending.items()},
+        )
+        for (topic, partition), (first, _) in self._pending.items():
+            try:
+                self.consumer.seek(TopicPartition(topic, partition, first))
+            except KafkaException as exc:
+                log.warning("rewind_skipped", topic=topic, partition=partition, reason=str(exc))
+        self._pending = {}
+
+    # -- rebalance --------------------------------------------------------------------------
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info(
+            "partitions_assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions]
+        )
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Hand over cleanly: everything produced is acknowledged and committed first."""
+        self._confirm(force=True)
+        try:
+            consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:  # noqa: SLF001 - public constant
+                log.warning("commit_on_revoke_failed", reason=str(exc))
+        log.info("partitions_revoked", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        lost = {(p.topic, p.partition) for p in partitions}
+        self._pending = {k: v for k, v in self._pending.items() if k not in lost}
+        log.warning("partitions_lost", partitions=[f"{t}[{p}]" for t, p in sorted(lost)])
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def ensure_output_topics(self) -> None:
+        """Create missing output topics with the input's partition count (laptop default)."""
+        from workers.kafka_io.admin import create_topics  # noqa: PLC0415
+
+        metadata = admin_client(self.settings.bootstrap_servers, self.settings.kafka_config)
+        topics = metadata.list_topics(timeout=30).topics
+        source = topics.get(self.settings.input_topic)
+        partitions = len(source.partitions) if source is not None and source.partitions else 4
+        missing = {
+            t: partitions
+            for t in (self.settings.output_topic, self.settings.dlq_topic)
+            if t not in topics
+        }
+        if missing:
+            create_topics(self.settings.bootstrap_servers, missing, config=None)
+            log.info("topics_created", topics=sorted(missing))
+
+    def run(self, stop: threading.Event) -> None:
+        s = self.settings
+        log.info(
+            "infer_started",
+            input_topic=s.input_topic,
+            output_topic=s.output_topic,
+            dlq_topic=s.dlq_topic,
+            group_id=s.group_id,
+            batch_size=s.batch_size,
+            batch_timeout_ms=s.batch_timeout_ms,
+            kafka_config=redact(s.kafka_config),
+            model=self.model.name,
+            model_version=self.model.version,
+            model_sha256=self.model_sha256,
+        )
+        self.consumer.subscribe(
+            [s.input_topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        timeout_s = s.batch_timeout_ms / 1000
+        next_summary = time.monotonic() + s.log_interval_s
+        try:
+            while not stop.is_set():
+                msgs = self.consumer.consume(num_messages=s.batch_size, timeout=timeout_s)
+                if msgs:
+                    self._process(msgs)
+                self._confirm(force=False)
+                self._maybe_swap_model()
+                if time.monotonic() >= next_summary:
+                    self._log_summary()
+                    next_summary = time.monotonic() + s.log_interval_s
+        finally:
+            self._shutdown()
+
+    def _process(self, msgs: list[Message]) -> None:
+        records = [m for m in msgs if m.error() is None]
+        if len(records) != len(msgs):
+            for m in msgs:
+                err = m.error()
+                if err is not None:
+                    log.warning("consume_error", code=err.name(), reason=err.str())
+            if not records:
+                return
+        values = [m.value() for m in records]
+        timestamps = [m.timestamp()[1] for m in records]
+        now_ms = time.time_ns() // 1_000_000
+        result = score_batch(values, timestamps, self.model, now_ms)
+        produce = self.producer.produce
+        topic = self.settings.output_topic
+        for _, key, value in result.predictions:
+            try:
+                produce(topic, value, key)
+            except BufferError:
+                self._produce_when_room(topic, value, key, None)
+        for index, invalid in result.invalid:
+            self._dead_letter(records[index], invalid)
+        self._track(records)
+        stats = self.stats
+        stats.consumed += len(records)
+        stats.scored += len(result.predictions)
+        stats.batches += 1
+        stats.max_batch = max(stats.max_batch, len(records))
+        self.producer.poll(0)
+
+    def _dead_letter(self, msg: Message, invalid: InvalidEvent) -> None:
+        headers: list[tuple[str, str | bytes | None]] = [
+            ("error.type", invalid.error_type.value.encode()),
+            ("error.message", invalid.message.encode("utf-8", "replace")[:1000]),
+            ("source.topic", (msg.topic() or "").encode()),
+            ("source.partition", str(msg.partition()).encode()),
+            ("source.offset", str(msg.offset()).encode()),
+        ]
+        self.stats.dead_letters[invalid.error_type.value] += 1
+        try:
+            self.producer.produce(self.settings.dlq_topic, msg.value(), msg.key(), headers=headers)
+        except BufferError:
+            self._produce_when_room(self.settings.dlq_topic, msg.value(), msg.key(), headers)
+
+    def _produce_when_room(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        headers: Any,  # noqa: ANN401
+    ) -> None:
+        """The local queue is full: serve delivery reports until there is room, then produce."""
+        while True:
+            self.producer.poll(0.1)
+            try:
+                self.producer.produce(topic, value, key, headers=headers)
+            except BufferError:
+                continue
+            return
+
+    def _maybe_swap_model(self) -> None:
+        if self.watcher is None:
+            return
+        ready = self.watcher.take_ready()
+        if ready is None:
+            return
+        previous = self.model.version
+        self.model = serving_model(ready, self.settings.max_value_bytes)
+        self.model_sha256 = ready.manifest.sha256
+        log.info(
+            "model_swapped",
+            model=self.model.name,
+            from_version=previous,
+            to_version=self.model.version,
+            sha256=self.model_sha256,
+        )
+
+    def _lag(self) -> int | None:
+        try:
+            assignment = self.consumer.assignment()
+            if not assignment:
+                return 0
+            total = 0
+            for tp in self.consumer.position(assignment):
+                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                if tp.offset >= 0 and high >= 0:
+                    total += max(high - tp.offset, 0)
+        except KafkaException:
+            return None
+        return total
+
+    def _log_summary(self) -> None:
+        stats = self.stats
+        now = time.monotonic()
+        interval = now - stats.since
+        consumed = stats.consumed - stats.consumed_at_last
+        log.info(
+            "infer_summary",
+            consumed=stats.consumed,
+            scored=stats.scored,
+            dead_letters=dict(stats.dead_letters),
+            batches=stats.batches,
+            max_batch=stats.max_batch,
+            mean_batch=round(stats.consumed / stats.batches, 1) if stats.batches else 0,
+            events_per_s=round(consumed / interval, 1) if interval > 0 else 0,
+            lag=self._lag(),
+            rewinds=stats.rewinds,
+            model_version=self.model.version,
+        )
+        stats.since, stats.consumed_at_last = now, stats.consumed
+
+    def _shutdown(self) -> None:
+        try:
+            self._confirm(force=True)
+            try:
+                self.consumer.commit(asynchronous=False)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError._NO_OFFSET:  # noqa: SLF001
+                    log.warning("final_commit_failed", reason=str(exc))
+            self._log_summary()
+        finally:
+            self.consumer.close()
+            self.producer.flush(10)
+            if self.watcher is not None:
+                self.watcher.stop()
+            log.info("infer_stopped", consumed=self.stats.consumed, scored=self.stats.scored)

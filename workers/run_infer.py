@@ -1,0 +1,63 @@
+"""Wire `scorestream infer`: settings -> model -> worker, with signal handling."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+import structlog
+from confluent_kafka import KafkaException
+
+from workers.kafka_io.infer_loop import InferenceWorker, InferSettings
+from workers.model_store import ModelError, ModelWatcher, load_newest_good
+
+log = structlog.get_logger("scorestream.infer")
+
+
+class StartupError(Exception):
+    """The worker cannot start; the message names the fix."""
+
+
+def install_stop_handlers(stop: threading.Event) -> None:
+    """First SIGTERM/SIGINT: finish the batch, commit, exit 0. A second SIGINT: exit now."""
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        log.info("shutdown_requested", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def run_infer(
+    settings: InferSettings,
+    model_dir: Path,
+    pinned_version: int | None,
+    model_poll_s: float,
+    stop: threading.Event,
+) -> int:
+    try:
+        loaded = load_newest_good(model_dir, pinned_version)
+    except ModelError as exc:
+        raise StartupError(str(exc)) from exc
+    watcher = None
+    if pinned_version is None and model_poll_s > 0:
+        watcher = ModelWatcher(model_dir, loaded.manifest, model_poll_s)
+        watcher.start()
+    worker = InferenceWorker(settings, loaded, watcher)
+    try:
+        worker.ensure_output_topics()
+    except KafkaException as exc:
+        worker.consumer.close()
+        if watcher is not None:
+            watcher.stop()
+        raise StartupError(
+            f"cannot reach Kafka at {settings.bootstrap_servers}: {exc.args[0].str()}; "
+            "check --bootstrap-servers (start a local one with `scorestream broker start`)"
+        ) from exc
+    worker.run(stop)
+    return 0
