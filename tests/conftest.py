@@ -93,3 +93,23 @@ def new_topic(kafka: KafkaUnderTest, request: pytest.FixtureRequest) -> TopicFac
         return name
 
     return make
+
+
+@pytest.fixture(scope="session")
+def trained_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A registry with model `bc` v1: logistic regression on the breast-cancer data set."""
+    from workers.training import train  # noqa: PLC0415
+
+    root = tmp_path_factory.mktemp("models")
+    train("bc", root, dataset="breast_cancer", estimator="logistic_regression", seed=0)
+    return root
+
+
+@pytest.fixture
+def registry(trained_registry: Path, tmp_path: Path) -> Path:
+    """A private copy of the trained registry that a test may change."""
+    import shutil  # noqa: PLC0415
+
+    copy = tmp_path / "models"
+    shutil.copytree(trained_registry, copy)
+    return copy

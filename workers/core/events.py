@@ -102,7 +102,7 @@ class EventDecoder:
         try:
             event: Any = self._decoder.decode(value)
         except msgspec.ValidationError as exc:
-            return _classify(str(exc))
+            return self._classify(value, str(exc))
         except RecursionError:
             return InvalidEvent(ErrorType.DECODE, "JSON nested too deeply")
         except (msgspec.DecodeError, ValueError) as exc:  # malformed JSON, invalid UTF-8
@@ -117,6 +117,37 @@ class EventDecoder:
                     f"feature {self.features[index]!r} is not a finite number",
                 )
         return event.event_id, row, event.event_time
+
+    def _classify(self, value: bytes, message: str) -> InvalidEvent:
+        """Name the most basic thing wrong: unreadable JSON, then the envelope, then features.
+
+        msgspec validates while it parses and stops at the first problem, which may be a
+        missing feature in a document that is also truncated further on; this slower path
+        runs only for invalid events.
+        """
+        try:
+            _ENVELOPE.decode(value)
+        except msgspec.ValidationError as exc:
+            envelope_error = _classify(str(exc))
+            if envelope_error.error_type == ErrorType.SCHEMA:
+                return envelope_error
+            # Inside `features` (a number out of range): the model's message says it better.
+        except RecursionError:
+            return InvalidEvent(ErrorType.DECODE, "JSON nested too deeply")
+        except (msgspec.DecodeError, ValueError) as exc:
+            return InvalidEvent(ErrorType.DECODE, str(exc) or type(exc).__name__)
+        return _classify(message)
+
+
+class _Envelope(msgspec.Struct):
+    """A FeatureEvent without the model: what any well-formed event satisfies."""
+
+    event_id: EventId
+    features: dict[str, Any]
+    event_time: EpochMillis | None = None
+
+
+_ENVELOPE: Final = msgspec.json.Decoder(_Envelope)
 
 
 def _classify(message: str) -> InvalidEvent:

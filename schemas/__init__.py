@@ -1,0 +1,1 @@
+"""Wire schemas, installed as package data of workers (see workers/schemas.py)."""

@@ -1,0 +1,133 @@
+"""Run scorestream workers as real processes and read what they produced."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer
+
+
+class WorkerProcess:
+    """`scorestream <args>` in a subprocess, its JSON log lines collected as they come."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.lines: list[dict[str, Any]] = []
+        self._new: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "workers.cli", *args, "--log-format", "json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                line = {"event": "non_json_output", "text": raw.rstrip()}
+            self.lines.append(line)
+            self._new.put(line)
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [line for line in self.lines if line.get("event") == name]
+
+    def wait_for(self, name: str, timeout_s: float = 60.0) -> dict[str, Any]:
+        found = self.events(name)
+        if found:
+            return found[0]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None and self._new.empty():
+                break
+            try:
+                line = self._new.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if line.get("event") == name:
+                return line
+        tail = "\n".join(json.dumps(x) for x in self.lines[-20:])
+        raise AssertionError(f"no {name!r} log line within {timeout_s} s; last lines:\n{tail}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> tuple[int, float]:
+        """Signal the worker; return its exit code and how long it took to exit."""
+        started = time.monotonic()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        self._reader.join(timeout=5)
+        return code, time.monotonic() - started
+
+
+@dataclass(frozen=True)
+class Record:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+
+    def json(self) -> Any:
+        assert self.value is not None
+        return json.loads(self.value)
+
+
+def read_topic(
+    bootstrap: str, topic: str, expected: int, timeout_s: float = 90.0, settle_s: float = 2.0
+) -> list[Record]:
+    """Read a topic from the start (read_committed) until `expected` records, then settle_s more."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    records: list[Record] = []
+    try:
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + timeout_s
+        settle_until: float | None = None
+        while time.monotonic() < deadline:
+            if settle_until is not None and time.monotonic() > settle_until:
+                break
+            for msg in consumer.consume(num_messages=1000, timeout=0.2):
+                assert msg.error() is None, msg.error()
+                partition, offset = msg.partition(), msg.offset()
+                assert partition is not None
+                assert offset is not None
+                raw_headers: list[tuple[str, bytes | None]] = msg.headers() or []  # type: ignore[assignment]
+                headers = {k: v or b"" for k, v in raw_headers}
+                records.append(Record(partition, offset, msg.key(), msg.value(), headers))
+            if len(records) >= expected and settle_until is None:
+                settle_until = time.monotonic() + settle_s
+    finally:
+        consumer.close()
+    return records
+
+
+def iter_chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+
+from tests.corpus import BAD
+from workers.core.events import ErrorType, EventDecoder
+from workers.core.inference import ServingModel, score_batch
+from workers.core.scoring import Matrix, ScoredBatch
+from workers.model_store import load_version
+from workers.schemas import load_schema
+from workers.training import load_dataset
+
+
+class FailsOnThirteen:
+    """A model that raises whenever a row holds 13.0, like a model with a poison input."""
+
+    features: tuple[str, ...] = ("a", "b")
+
+    def score(self, matrix: Matrix) -> ScoredBatch:
+        if (matrix == 13.0).any():
+            raise ValueError("cannot score 13")
+        n = len(matrix)
+        return ScoredBatch(["yes"] * n, [0.75] * n, None)
+
+
+def _event(i: int, a: float) -> bytes:
+    return json.dumps({"event_id": f"e{i}", "features": {"a": a, "b": 1}}).encode()
+
+
+def test_good_and_bad_values_split_and_keep_their_positions() -> None:
+    model = ServingModel("m", 3, EventDecoder(("a", "b")), FailsOnThirteen())
+    values = [_event(0, 1), b"junk", _event(2, 2), None, _event(4, 3)]
+    result = score_batch(values, [100, 101, 102, 103, 104], model, scored_at_ms=999)
+    assert [i for i, _, _ in result.predictions] == [0, 2, 4]
+    assert [(i, e.error_type) for i, e in result.invalid] == [
+        (1, ErrorType.DECODE),
+        (3, ErrorType.DECODE),
+    ]
+    first = json.loads(result.predictions[0][2])
+    assert first == {
+        "event_id": "e0",
+        "model_name": "m",
+        "model_version": 3,
+        "label": "yes",
+        "score": 0.75,
+        "event_time": 100,  # the Kafka timestamp stands in for a missing event_time
+        "scored_at": 999,
+    }
+    assert result.predictions[0][1] == b"e0"
+
+
+def test_a_model_failure_dead_letters_only_the_rows_that_cause_it() -> None:
+    model = ServingModel("m", 1, EventDecoder(("a", "b")), FailsOnThirteen())
+    values = [_event(0, 1), _event(1, 13), _event(2, 2)]
+    result = score_batch(values, [0, 0, 0], model, scored_at_ms=0)
+    assert [i for i, _, _ in result.predictions] == [0, 2]
+    [(index, invalid)] = result.invalid
+    assert index == 1
+    assert invalid.error_type == ErrorType.MODEL
+    assert "cannot score 13" in invalid.message
+
+
+def test_real_model_scores_validate_and_match_predict_proba(trained_registry: Path) -> None:
+    loaded = load_version(trained_registry / "bc" / "1")
+    features = loaded.manifest.features
+    model = ServingModel("bc", 1, EventDecoder(features), loaded.scorer)
+    x = load_dataset("breast_cancer").x[:200]
+    values: list[bytes | None] = [
+        json.dumps(
+            {
+                "event_id": f"e{i}",
+                "features": dict(zip(features, row, strict=True)),
+                "event_time": 7,
+            }
+        ).encode()
+        for i, row in enumerate(x.tolist())
+    ]
+    values += [c.value for c in BAD]
+    result = score_batch(values, [0] * len(values), model, scored_at_ms=1)
+    assert len(result.predictions) == 200
+    assert len(result.invalid) == len(BAD)
+    proba = loaded.scorer.model.predict_proba(np.array(x))  # type: ignore[attr-defined]
+    schema = load_schema("prediction")
+    for (i, key, raw), row in zip(result.predictions, proba, strict=True):
+        record = json.loads(raw)
+        jsonschema.validate(record, schema)
+        assert key == f"e{i}".encode()
+        assert record["score"] == row.max()
+        assert record["probabilities"] == {"0": row[0], "1": row[1]}
+        assert record["event_time"] == 7

@@ -1,0 +1,82 @@
+"""The shipped JSON Schemas and the decoder agree, and what the code emits validates."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+import jsonschema
+import pytest
+
+from tests.corpus import BAD, FEATURES, GOOD, Case
+from workers.core.events import EventDecoder, InvalidEvent, Prediction
+from workers.schemas import NAMES, feature_event_schema_for, load_schema
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _check_strings(value: Any) -> None:
+    """RFC 8259 text is UTF-8: a lone surrogate escape is no character at all."""
+    if isinstance(value, str):
+        value.encode("utf-8")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_strings(k)
+            _check_strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            _check_strings(v)
+
+
+def schema_accepts(value: bytes | None, schema: dict[str, Any]) -> bool:
+    if value is None:
+        return False
+    try:
+        text = value.decode("utf-8")
+        document = json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
+        _check_strings(document)
+    except (ValueError, RecursionError, UnicodeError):
+        return False
+    try:
+        jsonschema.validate(document, schema)
+    except jsonschema.ValidationError:
+        return False
+    return True
+
+
+SCHEMA = feature_event_schema_for(FEATURES)
+DECODER = EventDecoder(FEATURES)
+
+
+@pytest.mark.parametrize("case", GOOD + BAD, ids=lambda c: c.name)
+def test_decoder_and_schema_accept_and_reject_the_same_events(case: Case) -> None:
+    decoder_accepts = not isinstance(DECODER.decode(case.value), InvalidEvent)
+    assert decoder_accepts == (case.expected is None)
+    assert schema_accepts(case.value, SCHEMA) == decoder_accepts
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_schemas_are_valid_draft_2020_12(name: str) -> None:
+    jsonschema.Draft202012Validator.check_schema(load_schema(name))
+
+
+def test_emitted_predictions_validate() -> None:
+    from workers.core.events import encode_predictions  # noqa: PLC0415
+
+    predictions = [
+        Prediction("e", "m", 1, 1, 0.9, 5, 6, {"0": 0.1, "1": 0.9}),
+        Prediction("e", "m", 2, "spam", 0.5, 5, 6, None),
+        Prediction("e", "m", 3, label=True, score=0.7, event_time=5, scored_at=6),
+    ]
+    for raw in encode_predictions(predictions):
+        jsonschema.validate(json.loads(raw), load_schema("prediction"))
+
+
+def test_a_prediction_without_probabilities_omits_the_field() -> None:
+    from workers.core.events import encode_predictions  # noqa: PLC0415
+
+    [raw] = encode_predictions([Prediction("e", "m", 2, "spam", 0.5, 5, 6)])
+    assert "probabilities" not in json.loads(raw)
