@@ -141,8 +141,9 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="start the local broker and show events flowing through it",
-        description="Start the local broker (as `broker start`), send --events keyed events "
-        "through a topic and read them back, then print what came out.",
+        description="Start the local broker (as `broker start`), train the demo model if "
+        "missing, run `scorestream infer` on --events generated feature events plus a few "
+        "malformed ones, and print what came out (summary in --out).",
     )
     add_option(
         demo,
@@ -151,6 +152,14 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         type=_positive_int,
         default=5000,
         help="how many events to send",
+    )
+    add_option(
+        demo,
+        "--models-dir",
+        environ=environ,
+        type=Path,
+        default=Path("models"),
+        help="registry root; the demo model is trained there on first run",
     )
     add_option(
         demo,
@@ -442,7 +451,8 @@ def _demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     result = cluster.start(
         layout, args.cache_dir.expanduser(), environ.get("KAFKA_HOME"), args.timeout_s
     )
-    return run_demo(result.bootstrap_servers, args.events, args.out)
+    print(f"Kafka ready at {result.bootstrap_servers} (stop it with `scorestream broker stop`)")
+    return run_demo(result.bootstrap_servers, args.events, args.out, args.models_dir)
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

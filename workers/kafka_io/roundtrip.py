@@ -17,6 +17,7 @@ class Received:
     offset: int
     key: bytes | None
     value: bytes | None
+    headers: dict[str, bytes]
 
 
 def produce_all(bootstrap_servers: str, topic: str, records: Iterable[tuple[bytes, bytes]]) -> int:
@@ -62,6 +63,7 @@ def consume_exact(
             "group.id": group_id,
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
+            "isolation.level": "read_committed",
             "logger": _QUIET,
         }
     )
@@ -82,7 +84,9 @@ def consume_exact(
                 partition, offset = msg.partition(), msg.offset()
                 if partition is None or offset is None:  # only unset on error events
                     continue
-                received.append(Received(partition, offset, msg.key(), msg.value()))
+                raw_headers: list[tuple[str, bytes | None]] = msg.headers() or []  # type: ignore[assignment]
+                headers = {k: v or b"" for k, v in raw_headers}
+                received.append(Received(partition, offset, msg.key(), msg.value(), headers))
             if len(received) >= expected and quiet_until is None:
                 quiet_until = time.monotonic() + 1.0
         if received:

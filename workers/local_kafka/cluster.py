@@ -97,7 +97,12 @@ def process_alive(pid: int, node: NodeLayout | None = None) -> bool:  # noqa: PL
     except (FileNotFoundError, IndexError, ProcessLookupError):
         return False
     if state == "Z":
-        return False
+        # A JVM's main thread turns zombie while its other threads still exit and hold the
+        # sockets; it is gone only when no other task of it is left.
+        try:
+            return len(list((proc / "task").iterdir())) > 1
+        except FileNotFoundError:
+            return False
     if not cmdline:
         # Exiting: the kernel drops the memory (and cmdline) before closing the sockets.
         return True
@@ -139,6 +144,16 @@ def status(cluster: ClusterLayout) -> list[NodeStatus]:
             )
         )
     return result
+
+
+def _busy_ports(nodes: list[NodeLayout], grace_s: float) -> list[int]:
+    """Ports of these nodes that something listens on, after a short grace for ones closing."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        busy = [p for node in nodes for p in (node.port, node.controller_port) if not port_free(p)]
+        if not busy or time.monotonic() >= deadline:
+            return busy
+        time.sleep(0.1)
 
 
 def _check_layout_matches(cluster: ClusterLayout) -> None:
@@ -250,7 +265,9 @@ def start(
     _check_layout_matches(cluster)
     current = {s.node_id: s for s in status(cluster)}
     to_start = [node for node in cluster.nodes if not current[node.node_id].process_alive]
-    busy = [p for node in to_start for p in (node.port, node.controller_port) if not port_free(p)]
+    # A node that has a pid file but no process was just ours: give its ports time to close.
+    recently_ours = any(read_pid(node) is not None for node in to_start)
+    busy = _busy_ports(to_start, grace_s=5.0 if recently_ours else 0.0)
     if busy:
         raise BrokerSetupError(
             f"port(s) {', '.join(map(str, busy))} already in use by another program: pass "
