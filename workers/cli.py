@@ -382,8 +382,6 @@ def _infer(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         raise SettingsError(
             "--processing-guarantee exactly-once is not available yet; use at-least-once"
         )
-    if args.metrics_port is not None:
-        raise SettingsError("--metrics-port is not available yet; leave it unset")
     settings = InferSettings(
         bootstrap_servers=args.bootstrap_servers,
         input_topic=args.input_topic,
@@ -395,6 +393,7 @@ def _infer(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         kafka_config=kafka_config(args.kafka_config, args.kafka_config_file, environ),
         max_value_bytes=args.max_value_bytes,
         log_interval_s=args.log_interval_s,
+        metrics_port=args.metrics_port,
     )
     stop = threading.Event()
     install_stop_handlers(stop)

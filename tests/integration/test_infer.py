@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import signal
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import KafkaUnderTest, TopicFactory
+from tests.conftest import KafkaUnderTest, TopicFactory, free_base_port
 from tests.corpus import BAD
 from tests.integration.workers import WorkerProcess, read_topic
 from workers.core.events import ErrorType
@@ -109,11 +110,16 @@ def test_valid_events_are_scored_and_every_bad_one_is_dead_lettered(  # noqa: PL
             mixed.append(bad[i // step][:2])
     assert produce_all(kafka.bootstrap_servers, topics["in"], mixed) == len(good) + len(bad)  # type: ignore[arg-type]
 
-    worker = WorkerProcess(*infer_args(kafka, model_dir, topics))
+    port = free_base_port(1)
+    worker = WorkerProcess(*infer_args(kafka, model_dir, topics, "--metrics-port", str(port)))
     try:
         predictions = read_topic(kafka.bootstrap_servers, topics["out"], len(good))
         dead = read_topic(kafka.bootstrap_servers, topics["dlq"], len(bad))
         worker.wait_for("infer_summary")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+            assert response.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            metrics = response.read().decode()
     finally:
         code, _ = worker.stop()
     assert code == 0
@@ -146,6 +152,10 @@ def test_valid_events_are_scored_and_every_bad_one_is_dead_lettered(  # noqa: PL
     assert summary["scored"] == 10_000
     assert sum(summary["dead_letters"].values()) == len(bad)
     assert len(worker.lines) < 100
+    assert "scorestream_predictions_total 10000.0" in metrics
+    assert f"scorestream_events_consumed_total {10_000 + len(bad)}.0" in metrics
+    assert 'scorestream_dead_letters_total{reason="schema"}' in metrics
+    assert 'scorestream_model_version{model="bc"} 1.0' in metrics
     assert worker.events("infer_stopped")
 
 

@@ -23,6 +23,7 @@ from workers.core.events import EventDecoder, InvalidEvent
 from workers.core.inference import ServingModel, score_batch
 from workers.kafka_io.admin import admin_client
 from workers.kafka_io.clients import make_consumer, make_producer, redact
+from workers.metrics import InferMetrics, MetricsServer
 from workers.model_store import LoadedModel, ModelWatcher
 
 log = structlog.get_logger("scorestream.infer")
@@ -43,6 +44,7 @@ class InferSettings:
     max_value_bytes: int
     log_interval_s: float = 10.0
     confirm_interval_s: float = 0.5
+    metrics_port: int | None = None
 
 
 def serving_model(loaded: LoadedModel, max_value_bytes: int) -> ServingModel:
@@ -78,6 +80,9 @@ class InferenceWorker:
         self.model_sha256 = model.manifest.sha256
         self.watcher = watcher
         self.stats = _Stats()
+        self.metrics = InferMetrics()
+        self.metrics.model_version.labels(self.model.name).set(self.model.version)
+        self._assigned = False
         self._failed_deliveries: list[KafkaError] = []
         # Per input partition: (first offset not yet confirmed, next offset to store).
         self._pending: dict[TopicKey, tuple[int, int]] = {}
@@ -174,6 +179,7 @@ class InferenceWorker:
         errors = self._failed_deliveries
         self._failed_deliveries = []
         self.stats.rewinds += 1
+        self.metrics.rewinds.inc()
         log.error(
             "delivery_failed",
             failures=len(errors),
@@ -190,6 +196,7 @@ class InferenceWorker:
     # -- rebalance --------------------------------------------------------------------------
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned = True
         log.info(
             "partitions_assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions]
         )
@@ -249,6 +256,11 @@ class InferenceWorker:
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
+        server = None
+        if s.metrics_port is not None:
+            server = MetricsServer(s.metrics_port, self.metrics.registry, lambda: self._assigned)
+            server.start()
+            log.info("metrics_serving", port=server.port)
         timeout_s = s.batch_timeout_ms / 1000
         next_summary = time.monotonic() + s.log_interval_s
         try:
@@ -263,6 +275,8 @@ class InferenceWorker:
                     next_summary = time.monotonic() + s.log_interval_s
         finally:
             self._shutdown()
+            if server is not None:
+                server.stop()
 
     def _process(self, msgs: list[Message]) -> None:
         records = [m for m in msgs if m.error() is None]
@@ -273,6 +287,7 @@ class InferenceWorker:
                     log.warning("consume_error", code=err.name(), reason=err.str())
             if not records:
                 return
+        started = time.perf_counter()
         values = [m.value() for m in records]
         timestamps = [m.timestamp()[1] for m in records]
         now_ms = time.time_ns() // 1_000_000
@@ -287,6 +302,11 @@ class InferenceWorker:
         for index, invalid in result.invalid:
             self._dead_letter(records[index], invalid)
         self._track(records)
+        metrics = self.metrics
+        metrics.consumed.inc(len(records))
+        metrics.scored.inc(len(result.predictions))
+        metrics.batch_size.observe(len(records))
+        metrics.batch_seconds.observe(time.perf_counter() - started)
         stats = self.stats
         stats.consumed += len(records)
         stats.scored += len(result.predictions)
@@ -303,6 +323,7 @@ class InferenceWorker:
             ("source.offset", str(msg.offset()).encode()),
         ]
         self.stats.dead_letters[invalid.error_type.value] += 1
+        self.metrics.dead_letters.labels(invalid.error_type.value).inc()
         try:
             self.producer.produce(self.settings.dlq_topic, msg.value(), msg.key(), headers=headers)
         except BufferError:
@@ -333,6 +354,7 @@ class InferenceWorker:
         previous = self.model.version
         self.model = serving_model(ready, self.settings.max_value_bytes)
         self.model_sha256 = ready.manifest.sha256
+        self.metrics.model_version.labels(self.model.name).set(self.model.version)
         log.info(
             "model_swapped",
             model=self.model.name,
@@ -360,6 +382,9 @@ class InferenceWorker:
         now = time.monotonic()
         interval = now - stats.since
         consumed = stats.consumed - stats.consumed_at_last
+        lag = self._lag()
+        if lag is not None:
+            self.metrics.lag.set(lag)
         log.info(
             "infer_summary",
             consumed=stats.consumed,
@@ -369,7 +394,7 @@ class InferenceWorker:
             max_batch=stats.max_batch,
             mean_batch=round(stats.consumed / stats.batches, 1) if stats.batches else 0,
             events_per_s=round(consumed / interval, 1) if interval > 0 else 0,
-            lag=self._lag(),
+            lag=lag,
             rewinds=stats.rewinds,
             model_version=self.model.version,
         )
