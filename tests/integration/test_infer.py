@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin._config import AlterConfigOpType, ConfigEntry, ConfigResource
 
 from tests.conftest import KafkaUnderTest, TopicFactory, free_base_port
 from tests.corpus import BAD
 from tests.integration.workers import WorkerProcess, read_topic
 from workers.core.events import ErrorType
+from workers.kafka_io.admin import admin_client, create_topics
 from workers.kafka_io.roundtrip import produce_all
 from workers.model_store import load_version
 from workers.training import load_dataset, train
@@ -134,6 +139,16 @@ def test_valid_events_are_scored_and_every_bad_one_is_dead_lettered(  # noqa: PL
         by_id[body["event_id"]] = body
     check_scores(by_id, rows, "ev", model_dir, 1)
 
+    # Per-partition order: keys hash alike on both topics (4 partitions each), so each output
+    # partition must hold its events in the order they were produced.
+    per_partition: dict[int, list[tuple[int, int]]] = {}
+    for record in predictions:
+        index = int(record.json()["event_id"].split("-")[1])
+        per_partition.setdefault(record.partition, []).append((record.offset, index))
+    for rows_in_partition in per_partition.values():
+        ordered = [index for _, index in sorted(rows_in_partition)]
+        assert ordered == sorted(ordered)
+
     assert len(dead) == len(bad)
     expected = {key: (value, kind) for key, value, kind in bad}
     for record in dead:
@@ -224,3 +239,52 @@ def test_a_restarted_worker_resumes_where_the_stopped_one_committed(
     ids = [r.json()["event_id"] for r in predictions]
     assert len(ids) == 6000
     assert len(set(ids)) == 6000
+
+
+def test_a_failed_delivery_never_advances_the_offset(
+    kafka: KafkaUnderTest, new_topic: TopicFactory, registry: Path
+) -> None:
+    model_dir = registry / "bc"
+    features = load_version(model_dir / "1").manifest.features
+    topics = {
+        "in": new_topic(1, "-in"),
+        "out": f"t-refusing-{uuid.uuid4().hex[:8]}",
+        "dlq": new_topic(1, "-dlq"),
+    }
+    # The output topic refuses every prediction (too large): deliveries fail for good.
+    create_topics(kafka.bootstrap_servers, {topics["out"]: 1}, config={"max.message.bytes": "200"})
+    produce_all(kafka.bootstrap_servers, topics["in"], events(feature_rows(500, 6), features, "f"))
+    worker = WorkerProcess(*infer_args(kafka, model_dir, topics))
+    group = f"g-{topics['in']}"
+    try:
+        worker.wait_for("delivery_failed")
+        worker.wait_for("delivery_failed")  # retried after a backoff, failed again
+        assert committed_offset(kafka.bootstrap_servers, group, topics["in"]) < 0
+
+        # Once the topic accepts them, every event comes through.
+        admin = admin_client(kafka.bootstrap_servers)
+        resource = ConfigResource("topic", topics["out"], incremental_configs=[
+            ConfigEntry("max.message.bytes", "1048576",
+                        incremental_operation=AlterConfigOpType.SET)])  # fmt: skip
+        for future in admin.incremental_alter_configs([resource]).values():
+            future.result(timeout=30)
+        predictions = read_topic(kafka.bootstrap_servers, topics["out"], 500)
+        deadline = time.monotonic() + 30
+        while committed_offset(kafka.bootstrap_servers, group, topics["in"]) != 500:
+            assert time.monotonic() < deadline, "offset never committed"
+            time.sleep(0.2)
+    finally:
+        code, _ = worker.stop()
+    assert code == 0
+    assert {r.json()["event_id"] for r in predictions} == {f"f-{i}" for i in range(500)}
+    backoffs = [e["retry_in_s"] for e in worker.events("delivery_failed")]
+    assert backoffs == sorted(backoffs)  # growing, not a tight loop
+
+
+def committed_offset(bootstrap: str, group: str, topic: str) -> int:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        [tp] = consumer.committed([TopicPartition(topic, 0)], timeout=10)
+    finally:
+        consumer.close()
+    return tp.offset

@@ -87,6 +87,10 @@ class InferenceWorker:
         # Per input partition: (first offset not yet confirmed, next offset to store).
         self._pending: dict[TopicKey, tuple[int, int]] = {}
         self._oldest_pending = 0.0
+        # After a failed delivery, wait before re-reading: a persistent cause (a topic that
+        # refuses the records) must not become a tight loop.
+        self._rewind_backoff_s = 0.0
+        self._resume_at = 0.0
         self.producer: Producer = make_producer(
             settings.bootstrap_servers,
             settings.kafka_config,
@@ -159,6 +163,7 @@ class InferenceWorker:
             return
         offsets = [TopicPartition(t, p, nxt) for (t, p), (_, nxt) in self._pending.items()]
         self._pending = {}
+        self._rewind_backoff_s = 0.0
         try:
             self.consumer.store_offsets(offsets=offsets)
         except KafkaException as exc:
@@ -180,10 +185,13 @@ class InferenceWorker:
         self._failed_deliveries = []
         self.stats.rewinds += 1
         self.metrics.rewinds.inc()
+        self._rewind_backoff_s = min(max(self._rewind_backoff_s * 2, 0.1), 5.0)
+        self._resume_at = time.monotonic() + self._rewind_backoff_s
         log.error(
             "delivery_failed",
             failures=len(errors),
             first_error=errors[0].str(),
+            retry_in_s=self._rewind_backoff_s,
             rewound={f"{t}[{p}]": first for (t, p), (first, _) in self._pending.items()},
         )
         for (topic, partition), (first, _) in self._pending.items():
@@ -265,6 +273,9 @@ class InferenceWorker:
         next_summary = time.monotonic() + s.log_interval_s
         try:
             while not stop.is_set():
+                if self._resume_at > time.monotonic():
+                    stop.wait(min(self._resume_at - time.monotonic(), 0.1))
+                    continue
                 msgs = self.consumer.consume(num_messages=s.batch_size, timeout=timeout_s)
                 if msgs:
                     self._process(msgs)
