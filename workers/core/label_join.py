@@ -1,0 +1,150 @@
+"""Join predictions with their ground-truth labels, in either arrival order (pure, event time).
+
+A prediction waits up to `label_ttl_ms` of event time for its label; a label that arrives first
+waits up to `orphan_label_ttl_ms` for its prediction. Time is the watermark: the largest event
+time (prediction `event_time`, label `label_time`) seen so far, so replays and restarts expire
+exactly what a live run would. Both buffers hold at most `max_pending` entries, the oldest evicted
+first. Settled event ids (joined or expired) are remembered, up to `max_pending` of them, so a
+duplicate never counts twice and a label for an expired prediction is counted as late.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Final
+
+Label = str | int | bool
+
+_JOINED: Final = 1
+_EXPIRED: Final = 2
+
+
+@dataclass(frozen=True, slots=True)
+class PendingPrediction:
+    model_name: str
+    model_version: int
+    label: Label
+    event_time: int
+    # For binary classifiers, the positive class written as in `probabilities` (the second of
+    # the model's two classes); None otherwise.
+    positive: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A joined prediction and label."""
+
+    event_id: str
+    model_name: str
+    model_version: int
+    predicted: Label
+    actual: Label
+    event_time: int
+    positive: str | None
+
+    @property
+    def correct(self) -> bool:
+        return type(self.predicted) is type(self.actual) and self.predicted == self.actual
+
+
+@dataclass(slots=True)
+class JoinCounters:
+    joined: int = 0
+    expired_without_label: int = 0
+    orphan_labels: int = 0
+    late_labels: int = 0
+    evicted_predictions: int = 0
+    evicted_labels: int = 0
+    duplicate_predictions: int = 0
+    duplicate_labels: int = 0
+
+
+@dataclass(slots=True)
+class LabelJoin:
+    label_ttl_ms: int
+    orphan_label_ttl_ms: int
+    max_pending: int
+    watermark: int = -1
+    counters: JoinCounters = field(default_factory=JoinCounters)
+    # Insertion-ordered: arrival order is (close to) event-time order, so the front is the
+    # oldest and expiry and eviction both pop from there.
+    predictions: dict[str, PendingPrediction] = field(default_factory=dict)
+    labels: dict[str, tuple[Label, int]] = field(default_factory=dict)
+    settled: dict[str, int] = field(default_factory=dict)
+
+    def add_prediction(self, event_id: str, prediction: PendingPrediction) -> Outcome | None:
+        self._advance(prediction.event_time)
+        if event_id in self.predictions or event_id in self.settled:
+            self.counters.duplicate_predictions += 1
+            return None
+        waiting = self.labels.pop(event_id, None)
+        if waiting is not None:
+            return self._join(event_id, prediction, waiting[0])
+        if len(self.predictions) >= self.max_pending:
+            del self.predictions[next(iter(self.predictions))]
+            self.counters.evicted_predictions += 1
+        self.predictions[sys.intern(event_id)] = prediction
+        return None
+
+    def add_label(self, event_id: str, label: Label, label_time: int) -> Outcome | None:
+        self._advance(label_time)
+        prediction = self.predictions.pop(event_id, None)
+        if prediction is not None:
+            return self._join(event_id, prediction, label)
+        state = self.settled.get(event_id)
+        if state == _EXPIRED:
+            self.counters.late_labels += 1
+            return None
+        if state == _JOINED or event_id in self.labels:
+            self.counters.duplicate_labels += 1
+            return None
+        if len(self.labels) >= self.max_pending:
+            del self.labels[next(iter(self.labels))]
+            self.counters.evicted_labels += 1
+        self.labels[event_id] = (label, label_time)
+        return None
+
+    def advance(self, watermark: int) -> None:
+        """Move event time forward (e.g. from an idle partition's clock) and expire."""
+        self._advance(watermark)
+
+    def _join(self, event_id: str, prediction: PendingPrediction, label: Label) -> Outcome:
+        self.counters.joined += 1
+        self._settle(event_id, _JOINED)
+        return Outcome(
+            event_id=event_id,
+            model_name=prediction.model_name,
+            model_version=prediction.model_version,
+            predicted=prediction.label,
+            actual=label,
+            event_time=prediction.event_time,
+            positive=prediction.positive,
+        )
+
+    def _settle(self, event_id: str, state: int) -> None:
+        if len(self.settled) >= self.max_pending:
+            del self.settled[next(iter(self.settled))]
+        self.settled[event_id] = state
+
+    def _advance(self, time_ms: int) -> None:
+        if time_ms <= self.watermark:
+            return
+        self.watermark = time_ms
+        horizon = time_ms - self.label_ttl_ms
+        predictions = self.predictions
+        while predictions:
+            event_id = next(iter(predictions))
+            if predictions[event_id].event_time >= horizon:
+                break
+            del predictions[event_id]
+            self.counters.expired_without_label += 1
+            self._settle(event_id, _EXPIRED)
+        horizon = time_ms - self.orphan_label_ttl_ms
+        labels = self.labels
+        while labels:
+            event_id = next(iter(labels))
+            if labels[event_id][1] >= horizon:
+                break
+            del labels[event_id]
+            self.counters.orphan_labels += 1
