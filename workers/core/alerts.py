@@ -1,0 +1,123 @@
+"""When to raise an alert: hysteresis for accuracy, cooldowns for drift (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from workers.core.drift import MovedFeature
+from workers.core.performance import Snapshot
+
+DRIFT_DETECTED = "drift_detected"
+ACCURACY_BELOW_THRESHOLD = "accuracy_below_threshold"
+ACCURACY_RECOVERED = "accuracy_recovered"
+FEATURE_DRIFT = "feature_drift"
+
+
+class Alert(msgspec.Struct, omit_defaults=True):
+    alert: str
+    severity: str
+    model_name: str
+    model_version: int
+    joined: int
+    at: int
+    detector: str | None = None
+    window_accuracy: float | None = None
+    baseline_accuracy: float | None = None
+    features: dict[str, dict[str, float]] | None = None
+
+    def fields(self) -> dict[str, Any]:
+        return msgspec.structs.asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRules:
+    accuracy_threshold: float = 0.8
+    # No accuracy verdict before this many outcomes of a version are in its window.
+    min_outcomes: int = 100
+    # Recovered only at threshold + margin, so accuracy hovering at the line does not flap.
+    recover_margin: float = 0.02
+    # Outcomes (concept drift) or feature events (data drift) before the same alert again.
+    drift_cooldown: int = 1000
+
+
+@dataclass(slots=True)
+class VersionAlerts:
+    """Alert state of one model version: whether it is in a low-accuracy episode, cooldowns."""
+
+    model_name: str
+    model_version: int
+    below: bool = False
+    last_drift_at_joined: int | None = None
+
+    def on_outcome(
+        self, rules: AlertRules, snap: Snapshot, drifted: bool, detector: str, now_ms: int
+    ) -> list[Alert]:
+        alerts = []
+
+        def alert(name: str, severity: str, detector: str | None = None) -> Alert:
+            return Alert(
+                name,
+                severity,
+                model_name=self.model_name,
+                model_version=self.model_version,
+                joined=snap.joined,
+                at=now_ms,
+                detector=detector,
+                window_accuracy=snap.window_accuracy,
+                baseline_accuracy=snap.reference_accuracy,
+            )
+
+        if drifted and (
+            self.last_drift_at_joined is None
+            or snap.joined - self.last_drift_at_joined >= rules.drift_cooldown
+        ):
+            self.last_drift_at_joined = snap.joined
+            alerts.append(alert(DRIFT_DETECTED, "warning", detector))
+        accuracy = snap.window_accuracy
+        if accuracy is not None and snap.window_size >= rules.min_outcomes:
+            if not self.below and accuracy < rules.accuracy_threshold:
+                self.below = True
+                alerts.append(alert(ACCURACY_BELOW_THRESHOLD, "critical"))
+            elif self.below and accuracy >= rules.accuracy_threshold + rules.recover_margin:
+                self.below = False
+                alerts.append(alert(ACCURACY_RECOVERED, "warning"))
+        return alerts
+
+
+@dataclass(slots=True)
+class FeatureAlerts:
+    model_name: str
+    model_version: int
+    last_at_seen: int | None = None
+
+    def on_moved(
+        self, rules: AlertRules, moved: list[MovedFeature], seen: int, joined: int, now_ms: int
+    ) -> list[Alert]:
+        if not moved:
+            return []
+        if self.last_at_seen is not None and seen - self.last_at_seen < rules.drift_cooldown:
+            return []
+        self.last_at_seen = seen
+        return [
+            Alert(
+                FEATURE_DRIFT,
+                "warning",
+                model_name=self.model_name,
+                model_version=self.model_version,
+                joined=joined,
+                at=now_ms,
+                detector="mean_z_test",
+                features={
+                    m.name: {
+                        "shift_sigma": round(m.shift_sigma, 4),
+                        "train_mean": m.train_mean,
+                        "live_mean": m.live_mean,
+                        "z": round(m.z, 2),
+                    }
+                    for m in moved
+                },
+            )
+        ]

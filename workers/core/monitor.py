@@ -1,0 +1,176 @@
+"""The monitor's whole state and how each record changes it (pure: time is passed in).
+
+Join buffers are kept per partition: predictions and labels are both keyed by event_id on
+topics with equal partition counts, so an event's prediction and label share a partition
+number, and a partition's buffers can be checkpointed and handed over on their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import msgspec
+
+from workers.core.alerts import Alert, AlertRules, FeatureAlerts, VersionAlerts
+from workers.core.drift import DEFAULT_DETECTOR, ConceptDrift, FeatureDrift
+from workers.core.events import EpochMillis, EventId
+from workers.core.label_join import JoinCounters, LabelJoin, Outcome, PendingPrediction
+from workers.core.performance import RollingPerformance
+
+LabelValue = str | int | bool
+
+
+class PredictionIn(msgspec.Struct):
+    """What the monitor reads of a Prediction (other fields are ignored)."""
+
+    event_id: EventId
+    model_name: str
+    model_version: int
+    label: LabelValue
+    event_time: EpochMillis
+    probabilities: dict[str, float] | None = None
+
+
+class LabelIn(msgspec.Struct):
+    event_id: EventId
+    label: LabelValue
+    label_time: EpochMillis | None = None
+
+
+PREDICTION_DECODER = msgspec.json.Decoder(PredictionIn)
+LABEL_DECODER = msgspec.json.Decoder(LabelIn)
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorConfig:
+    window: int = 1000
+    label_ttl_ms: int = 3_600_000
+    orphan_label_ttl_ms: int = 600_000
+    max_pending: int = 1_000_000
+    time_window_ms: int = 60_000
+    detector: str = DEFAULT_DETECTOR
+    rules: AlertRules = field(default_factory=AlertRules)
+
+
+@dataclass(slots=True)
+class VersionState:
+    performance: RollingPerformance
+    drift: ConceptDrift
+    alerts: VersionAlerts
+
+
+@dataclass(slots=True)
+class MonitorState:
+    config: MonitorConfig
+    joins: dict[int, LabelJoin] = field(default_factory=dict)
+    versions: dict[tuple[str, int], VersionState] = field(default_factory=dict)
+    invalid_predictions: int = 0
+    invalid_labels: int = 0
+    feature_drift: FeatureDrift | None = None
+    feature_alerts: FeatureAlerts | None = None
+    alerts_raised: dict[str, int] = field(default_factory=dict)
+
+    def join_for(self, partition: int) -> LabelJoin:
+        join = self.joins.get(partition)
+        if join is None:
+            c = self.config
+            # The bound is per monitor; split it over the partitions it may hold.
+            join = self.joins[partition] = LabelJoin(
+                c.label_ttl_ms, c.orphan_label_ttl_ms, c.max_pending
+            )
+        return join
+
+    def on_prediction(self, partition: int, value: bytes | None, now_ms: int) -> list[Alert]:
+        try:
+            p = PREDICTION_DECODER.decode(value or b"")
+        except (msgspec.DecodeError, ValueError, RecursionError):
+            self.invalid_predictions += 1
+            return []
+        positive = None
+        if p.probabilities is not None and len(p.probabilities) == 2:
+            positive = sorted(p.probabilities)[1]
+        pending = PendingPrediction(p.model_name, p.model_version, p.label, p.event_time, positive)
+        outcome = self.join_for(partition).add_prediction(p.event_id, pending)
+        return [] if outcome is None else self._on_outcome(outcome, now_ms)
+
+    def on_label(
+        self, partition: int, value: bytes | None, timestamp_ms: int, now_ms: int
+    ) -> list[Alert]:
+        try:
+            label = LABEL_DECODER.decode(value or b"")
+        except (msgspec.DecodeError, ValueError, RecursionError):
+            self.invalid_labels += 1
+            return []
+        label_time = timestamp_ms if label.label_time is None else label.label_time
+        outcome = self.join_for(partition).add_label(label.event_id, label.label, label_time)
+        return [] if outcome is None else self._on_outcome(outcome, now_ms)
+
+    def _on_outcome(self, outcome: Outcome, now_ms: int) -> list[Alert]:
+        key = (outcome.model_name, outcome.model_version)
+        state = self.versions.get(key)
+        if state is None:
+            c = self.config
+            state = self.versions[key] = VersionState(
+                RollingPerformance(c.window, c.time_window_ms),
+                ConceptDrift(c.detector),
+                VersionAlerts(outcome.model_name, outcome.model_version),
+            )
+        state.performance.add(outcome)
+        drifted = state.drift.update(correct=outcome.correct)
+        alerts = state.alerts.on_outcome(
+            self.config.rules, state.performance.snapshot(), drifted, self.config.detector, now_ms
+        )
+        self._count(alerts)
+        return alerts
+
+    def on_features(self, row: tuple[float, ...], now_ms: int) -> list[Alert]:
+        if self.feature_drift is None or self.feature_alerts is None:
+            return []
+        moved = self.feature_drift.update(row)
+        joined = sum(
+            s.performance.joined
+            for (name, _), s in self.versions.items()
+            if name == self.feature_alerts.model_name
+        )
+        alerts = self.feature_alerts.on_moved(
+            self.config.rules, moved, self.feature_drift.seen, joined, now_ms
+        )
+        self._count(alerts)
+        return alerts
+
+    def _count(self, alerts: list[Alert]) -> None:
+        for alert in alerts:
+            self.alerts_raised[alert.alert] = self.alerts_raised.get(alert.alert, 0) + 1
+
+    def counters(self) -> dict[str, int]:
+        total = JoinCounters()
+        for join in self.joins.values():
+            for f in fields(JoinCounters):
+                setattr(total, f.name, getattr(total, f.name) + getattr(join.counters, f.name))
+        result = {f.name: getattr(total, f.name) for f in fields(JoinCounters)}
+        result["pending_predictions"] = sum(len(j.predictions) for j in self.joins.values())
+        result["pending_labels"] = sum(len(j.labels) for j in self.joins.values())
+        result["invalid_predictions"] = self.invalid_predictions
+        result["invalid_labels"] = self.invalid_labels
+        return result
+
+    def metrics(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for (name, version), state in sorted(self.versions.items()):
+            snap = state.performance.snapshot()
+            out[f"{name}/v{version}"] = {
+                "joined": snap.joined,
+                "window_accuracy": snap.window_accuracy,
+                "window_size": snap.window_size,
+                "precision": snap.precision,
+                "recall": snap.recall,
+                "f1": snap.f1,
+                "reference_accuracy": snap.reference_accuracy,
+                "last_time_window_accuracy": (
+                    snap.time_window_accuracy[max(snap.time_window_accuracy)]
+                    if snap.time_window_accuracy
+                    else None
+                ),
+            }
+        return out
