@@ -14,7 +14,9 @@ from typing import Any
 import structlog
 
 from workers import __version__
+from workers.checkpoint import CheckpointError
 from workers.core.events import DEFAULT_MAX_VALUE_BYTES
+from workers.kafka_io.monitor_loop import MonitorStartupError
 from workers.local_kafka import cluster
 from workers.local_kafka.layout import MAX_NODES, ClusterLayout
 from workers.local_kafka.runtime import BrokerSetupError, default_cache_dir
@@ -173,6 +175,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo)
     _add_train_parser(commands, environ)
     _add_infer_parser(commands, environ)
+    _add_monitor_parser(commands, environ)
     return parser
 
 
@@ -348,6 +351,243 @@ def _add_infer_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noq
     infer.set_defaults(handler=_infer)
 
 
+def _add_monitor_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN401
+    from workers.core.drift import DEFAULT_DETECTOR, DETECTORS  # noqa: PLC0415
+
+    monitor = commands.add_parser(
+        "monitor",
+        help="join labels to predictions, track accuracy and drift, raise alerts",
+        description="Join the ground-truth labels (which may come before or after) to the "
+        "predictions, keep rolling accuracy per model version, detect concept drift on the "
+        "outcome stream and, with --features-topic and --model, data drift on the features. "
+        "Alerts are JSON log lines (field `event` = the alert name) and records on "
+        "--alerts-topic. State and offsets are checkpointed together in --state-dir, so a "
+        "restart loses nothing and counts nothing twice.",
+    )
+    _add_kafka_options(monitor, environ)
+    add_option(
+        monitor,
+        "--predictions-topic",
+        environ=environ,
+        default="predictions",
+        help="Predictions, keyed by event_id",
+    )
+    add_option(
+        monitor,
+        "--labels-topic",
+        environ=environ,
+        default="labels",
+        help="Labels, keyed by event_id; same partition count as the predictions",
+    )
+    add_option(monitor, "--alerts-topic", environ=environ, default="alerts", help="Alerts")
+    add_option(
+        monitor,
+        "--features-topic",
+        environ=environ,
+        help="FeatureEvents to check for data drift (needs --model)",
+    )
+    add_option(
+        monitor,
+        "--model",
+        environ=environ,
+        type=Path,
+        help="model folder whose training summary the features are compared with",
+    )
+    add_option(
+        monitor,
+        "--window",
+        environ=environ,
+        type=_positive_int,
+        default=1000,
+        help="joined outcomes in the rolling accuracy window",
+    )
+    add_option(
+        monitor,
+        "--accuracy-threshold",
+        environ=environ,
+        type=float,
+        default=0.8,
+        help="accuracy_below_threshold fires under this window accuracy",
+    )
+    add_option(
+        monitor,
+        "--min-outcomes",
+        environ=environ,
+        type=_positive_int,
+        default=100,
+        help="outcomes in the window before the first accuracy verdict",
+    )
+    add_option(
+        monitor,
+        "--recover-margin",
+        environ=environ,
+        type=float,
+        default=0.02,
+        help="accuracy_recovered fires at threshold + this margin",
+    )
+    add_option(
+        monitor,
+        "--detector",
+        environ=environ,
+        choices=tuple(DETECTORS),
+        default=DEFAULT_DETECTOR,
+        help="concept-drift detector on the outcome stream",
+    )
+    add_option(
+        monitor,
+        "--drift-cooldown",
+        environ=environ,
+        type=_positive_int,
+        default=1000,
+        help="outcomes (or feature events) before the same drift alert again",
+    )
+    add_option(
+        monitor,
+        "--feature-window",
+        environ=environ,
+        type=_positive_int,
+        default=200,
+        help="recent feature events compared with the training distribution",
+    )
+    add_option(
+        monitor,
+        "--feature-z-threshold",
+        environ=environ,
+        type=float,
+        default=5.0,
+        help="|z| of a feature's mean shift that counts as drift",
+    )
+    add_option(
+        monitor,
+        "--label-ttl-s",
+        environ=environ,
+        type=float,
+        default=3600.0,
+        help="event time a prediction waits for its label",
+    )
+    add_option(
+        monitor,
+        "--orphan-label-ttl-s",
+        environ=environ,
+        type=float,
+        default=600.0,
+        help="event time a label that came first waits for its prediction",
+    )
+    add_option(
+        monitor,
+        "--max-pending",
+        environ=environ,
+        type=_positive_int,
+        default=1_000_000,
+        help="most predictions (and labels) waiting; the oldest are evicted",
+    )
+    add_option(
+        monitor,
+        "--time-window-s",
+        environ=environ,
+        type=_positive_int,
+        default=60,
+        help="length of the tumbling event-time accuracy windows",
+    )
+    add_option(
+        monitor, "--group-id", environ=environ, default="scorestream-monitor", help="consumer group"
+    )
+    add_option(
+        monitor,
+        "--state-dir",
+        environ=environ,
+        type=Path,
+        help="where checkpoints live (default: the user state dir / monitor / GROUP)",
+    )
+    add_option(
+        monitor,
+        "--checkpoint-interval-s",
+        environ=environ,
+        type=float,
+        default=5.0,
+        help="seconds between checkpoints (also on revoke and at shutdown)",
+    )
+    add_option(
+        monitor,
+        "--processing-guarantee",
+        environ=environ,
+        choices=("at-least-once", "exactly-once"),
+        default="at-least-once",
+        help="delivery guarantee of the alerts",
+    )
+    add_option(
+        monitor,
+        "--metrics-port",
+        environ=environ,
+        type=int,
+        help="serve Prometheus metrics and /healthz on this port",
+    )
+    add_option(
+        monitor,
+        "--log-interval-s",
+        environ=environ,
+        type=float,
+        default=10.0,
+        help="seconds between summary log lines",
+    )
+    _add_logging_options(monitor, environ)
+    monitor.set_defaults(handler=_monitor)
+
+
+def _monitor(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from workers.core.alerts import AlertRules  # noqa: PLC0415
+    from workers.core.monitor import MonitorConfig  # noqa: PLC0415
+    from workers.kafka_io.monitor_loop import MonitorSettings, MonitorWorker  # noqa: PLC0415
+    from workers.model_store import load_newest_good  # noqa: PLC0415
+    from workers.run_infer import install_stop_handlers  # noqa: PLC0415
+
+    if args.processing_guarantee == "exactly-once":
+        raise SettingsError(
+            "--processing-guarantee exactly-once is not available yet; use at-least-once"
+        )
+    if (args.features_topic is None) != (args.model is None):
+        raise SettingsError("--features-topic and --model go together (data drift needs both)")
+    manifest = None
+    if args.model is not None:
+        manifest = load_newest_good(args.model, None).manifest
+    config = MonitorConfig(
+        window=args.window,
+        label_ttl_ms=int(args.label_ttl_s * 1000),
+        orphan_label_ttl_ms=int(args.orphan_label_ttl_s * 1000),
+        max_pending=args.max_pending,
+        time_window_ms=args.time_window_s * 1000,
+        detector=args.detector,
+        rules=AlertRules(
+            accuracy_threshold=args.accuracy_threshold,
+            min_outcomes=args.min_outcomes,
+            recover_margin=args.recover_margin,
+            drift_cooldown=args.drift_cooldown,
+        ),
+    )
+    settings = MonitorSettings(
+        bootstrap_servers=args.bootstrap_servers,
+        predictions_topic=args.predictions_topic,
+        labels_topic=args.labels_topic,
+        alerts_topic=args.alerts_topic,
+        group_id=args.group_id,
+        kafka_config=kafka_config(args.kafka_config, args.kafka_config_file, environ),
+        state_dir=args.state_dir or default_state_dir(environ) / "monitor" / args.group_id,
+        config=config,
+        features_topic=args.features_topic,
+        manifest=manifest,
+        feature_window=args.feature_window,
+        feature_z_threshold=args.feature_z_threshold,
+        checkpoint_interval_s=args.checkpoint_interval_s,
+        log_interval_s=args.log_interval_s,
+        metrics_port=args.metrics_port,
+    )
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    worker = MonitorWorker(settings)
+    worker.run(stop)
+    return EXIT_OK
+
+
 def _train(args: argparse.Namespace, _environ: Mapping[str, str]) -> int:
     from workers.training import train  # noqa: PLC0415
 
@@ -468,7 +708,14 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     handler: Handler = args.handler
     try:
         return handler(args, env)
-    except (BrokerSetupError, SettingsError, StartupError, ModelError) as exc:
+    except (
+        BrokerSetupError,
+        SettingsError,
+        StartupError,
+        ModelError,
+        MonitorStartupError,
+        CheckpointError,
+    ) as exc:
         print(f"scorestream: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -1,9 +1,11 @@
 """Join predictions with their ground-truth labels, in either arrival order (pure, event time).
 
 A prediction waits up to `label_ttl_ms` of event time for its label; a label that arrives first
-waits up to `orphan_label_ttl_ms` for its prediction. Time is the watermark: the largest event
-time (prediction `event_time`, label `label_time`) seen so far, so replays and restarts expire
-exactly what a live run would. Both buffers hold at most `max_pending` entries, the oldest evicted
+waits up to `orphan_label_ttl_ms` for its prediction. Time is the watermark: the smaller of the
+largest prediction `event_time` and the largest `label_time` seen, so a side that is read ahead
+of the other (two topics are consumed at their own pace) cannot expire what the slower side is
+about to deliver, and replays and restarts expire exactly what a live run would. Until both
+sides have been seen nothing expires; `max_pending` still bounds memory. Both buffers hold at most `max_pending` entries, the oldest evicted
 first. Settled event ids (joined or expired) are remembered, up to `max_pending` of them, so a
 duplicate never counts twice and a label for an expired prediction is counted as late.
 """
@@ -66,6 +68,8 @@ class LabelJoin:
     orphan_label_ttl_ms: int
     max_pending: int
     watermark: int = -1
+    prediction_clock: int = -1
+    label_clock: int = -1
     counters: JoinCounters = field(default_factory=JoinCounters)
     # Insertion-ordered: arrival order is (close to) event-time order, so the front is the
     # oldest and expiry and eviction both pop from there.
@@ -74,7 +78,9 @@ class LabelJoin:
     settled: dict[str, int] = field(default_factory=dict)
 
     def add_prediction(self, event_id: str, prediction: PendingPrediction) -> Outcome | None:
-        self._advance(prediction.event_time)
+        if prediction.event_time > self.prediction_clock:
+            self.prediction_clock = prediction.event_time
+            self._advance(min(self.prediction_clock, self.label_clock))
         if event_id in self.predictions or event_id in self.settled:
             self.counters.duplicate_predictions += 1
             return None
@@ -88,7 +94,9 @@ class LabelJoin:
         return None
 
     def add_label(self, event_id: str, label: Label, label_time: int) -> Outcome | None:
-        self._advance(label_time)
+        if label_time > self.label_clock:
+            self.label_clock = label_time
+            self._advance(min(self.prediction_clock, self.label_clock))
         prediction = self.predictions.pop(event_id, None)
         if prediction is not None:
             return self._join(event_id, prediction, label)
@@ -106,7 +114,9 @@ class LabelJoin:
         return None
 
     def advance(self, watermark: int) -> None:
-        """Move event time forward (e.g. from an idle partition's clock) and expire."""
+        """Move both sides' event time forward to `watermark` and expire what is due."""
+        self.prediction_clock = max(self.prediction_clock, watermark)
+        self.label_clock = max(self.label_clock, watermark)
         self._advance(watermark)
 
     def _join(self, event_id: str, prediction: PendingPrediction, label: Label) -> Outcome:

@@ -57,9 +57,21 @@ def test_an_early_label_waits_the_shorter_orphan_ttl() -> None:
     join = new_join()
     join.add_label("x", 1, 0)
     join.add_prediction("other", prediction(600_001))
+    assert "x" in join.labels  # the label side has not moved on yet
+    join.add_label("y", 1, 600_001)
     assert join.counters.orphan_labels == 1
     assert "x" not in join.labels
     assert "other" in join.predictions
+
+
+def test_one_side_read_far_ahead_expires_nothing_the_other_may_still_bring() -> None:
+    join = new_join(max_pending=1000)
+    join.add_prediction("a", prediction(0))
+    for i in range(100):  # predictions read hours ahead of the labels
+        join.add_prediction(f"p{i}", prediction(i * HOUR))
+    join.add_label("early", 1, 10)
+    assert join.counters.expired_without_label == 0
+    assert join.add_label("a", 1, 20) is not None
 
 
 def test_buffers_are_bounded_oldest_first() -> None:

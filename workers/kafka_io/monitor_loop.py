@@ -1,0 +1,313 @@
+"""The monitor worker's loop: consume predictions, labels (and features), checkpoint, alert."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from prometheus_client import Counter, Gauge
+
+from workers.checkpoint import CheckpointStore
+from workers.core.alerts import Alert, FeatureAlerts
+from workers.core.drift import FeatureDrift
+from workers.core.events import EventDecoder, InvalidEvent
+from workers.core.monitor import MonitorConfig, MonitorState
+from workers.kafka_io.admin import admin_client
+from workers.kafka_io.clients import make_consumer, make_producer, redact
+from workers.metrics import MetricsServer
+from workers.model_store import Manifest
+
+log = structlog.get_logger("scorestream.monitor")
+alert_log = structlog.get_logger("scorestream.alert")
+
+
+class MonitorStartupError(Exception):
+    """The monitor cannot start; the message names the fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorSettings:
+    bootstrap_servers: str
+    predictions_topic: str
+    labels_topic: str
+    alerts_topic: str
+    group_id: str
+    kafka_config: dict[str, str]
+    state_dir: Path
+    config: MonitorConfig
+    features_topic: str | None = None
+    manifest: Manifest | None = None
+    feature_window: int = 200
+    feature_z_threshold: float = 5.0
+    batch_size: int = 1000
+    checkpoint_interval_s: float = 5.0
+    log_interval_s: float = 10.0
+    metrics_port: int | None = None
+
+
+def check_partition_counts(settings: MonitorSettings) -> int:
+    """Predictions and labels must be co-partitioned; return their partition count."""
+    topics = (
+        admin_client(settings.bootstrap_servers, settings.kafka_config)
+        .list_topics(timeout=30)
+        .topics
+    )
+    counts = {}
+    for topic in (settings.predictions_topic, settings.labels_topic):
+        meta = topics.get(topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            raise MonitorStartupError(
+                f"topic {topic!r} does not exist at {settings.bootstrap_servers}: create it "
+                "with as many partitions as the other one, or start `scorestream infer` first"
+            )
+        counts[topic] = len(meta.partitions)
+    if len(set(counts.values())) != 1:
+        detail = ", ".join(f"{t} has {n}" for t, n in counts.items())
+        raise MonitorStartupError(
+            f"predictions and labels must have the same partition count so that an event's "
+            f"prediction and label meet in one partition ({detail}): repartition one of them"
+        )
+    return next(iter(counts.values()))
+
+
+class MonitorMetrics:
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry  # noqa: PLC0415
+
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.join = Gauge("scorestream_monitor_join", "Join counters", ["counter"], registry=r)
+        self.accuracy = Gauge(
+            "scorestream_rolling_accuracy", "Window accuracy", ["model", "version"], registry=r
+        )
+        self.alerts = Counter("scorestream_alerts", "Alerts raised", ["alert"], registry=r)
+
+
+class MonitorWorker:
+    def __init__(self, settings: MonitorSettings) -> None:
+        self.settings = settings
+        s = settings
+        self.partitions = check_partition_counts(s)
+        identity = {
+            "group_id": s.group_id,
+            "predictions_topic": s.predictions_topic,
+            "labels_topic": s.labels_topic,
+            "features_topic": s.features_topic or "",
+        }
+        self.store = CheckpointStore(s.state_dir / "monitor.sqlite", identity)
+        restored = self.store.load_global()
+        self.state: MonitorState = (
+            dataclasses.replace(restored, config=s.config, joins={})
+            if isinstance(restored, MonitorState)
+            else MonitorState(s.config)
+        )
+        self.feature_decoder: EventDecoder | None = None
+        if s.features_topic and s.manifest is not None:
+            self._init_feature_drift(s.manifest)
+        self.offsets: dict[tuple[str, int], int] = {}
+        self.metrics = MonitorMetrics()
+        self._assigned = False
+        self.producer: Producer = make_producer(
+            s.bootstrap_servers,
+            s.kafka_config,
+            defaults={"linger.ms": 5},
+            required={"enable.idempotence": True, "acks": "all"},
+            name="monitor-producer",
+        )
+        self.consumer: Consumer = make_consumer(
+            s.bootstrap_servers,
+            s.kafka_config,
+            defaults={"auto.offset.reset": "earliest", "fetch.wait.max.ms": 50},
+            required={
+                "group.id": s.group_id,
+                # Range assigns partition n of both topics to the same member: co-partitioned.
+                "partition.assignment.strategy": "range",
+                # The checkpoint is the source of truth; Kafka commits only show the lag.
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+            },
+            name="monitor-consumer",
+        )
+
+    def _init_feature_drift(self, manifest: Manifest) -> None:
+        summary = manifest.raw.get("feature_summary") or {}
+        missing = [f for f in manifest.features if f not in summary]
+        if missing:
+            raise MonitorStartupError(
+                f"{manifest.name} v{manifest.version} has no training summary for {missing}: "
+                "retrain it with `scorestream train` to enable data-drift checks"
+            )
+        self.feature_decoder = EventDecoder(manifest.features)
+        if self.state.feature_drift is None or self.state.feature_drift.names != manifest.features:
+            self.state.feature_drift = FeatureDrift(
+                manifest.features,
+                [summary[f]["mean"] for f in manifest.features],
+                [summary[f]["std"] for f in manifest.features],
+                window=self.settings.feature_window,
+                z_threshold=self.settings.feature_z_threshold,
+            )
+            self.state.feature_alerts = FeatureAlerts(manifest.name, manifest.version)
+
+    # -- assignment: resume each partition from its checkpoint ------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        joined_topics = (self.settings.predictions_topic, self.settings.labels_topic)
+        for tp in partitions:
+            stored = self.store.offset(tp.topic, tp.partition)
+            if stored is not None:
+                tp.offset = stored
+                self.offsets[(tp.topic, tp.partition)] = stored
+            if tp.topic in joined_topics and tp.partition not in self.state.joins:
+                join = self.store.load_partition(tp.partition)
+                if join is not None:
+                    self.state.joins[tp.partition] = join
+        consumer.assign(partitions)
+        self._assigned = True
+        log.info(
+            "partitions_assigned",
+            partitions=[f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in partitions],
+        )
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.checkpoint()
+        for tp in partitions:
+            self.offsets.pop((tp.topic, tp.partition), None)
+            if tp.topic == self.settings.predictions_topic:
+                self.state.joins.pop(tp.partition, None)
+        consumer.unassign()
+        log.info(
+            "partitions_revoked", partitions=[f"{tp.topic}[{tp.partition}]" for tp in partitions]
+        )
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        s = self.settings
+        topics = [s.predictions_topic, s.labels_topic]
+        if s.features_topic and self.feature_decoder is not None:
+            topics.append(s.features_topic)
+        log.info(
+            "monitor_started",
+            topics=topics,
+            alerts_topic=s.alerts_topic,
+            group_id=s.group_id,
+            partitions=self.partitions,
+            state=str(self.store.path),
+            window=s.config.window,
+            accuracy_threshold=s.config.rules.accuracy_threshold,
+            detector=s.config.detector,
+            label_ttl_ms=s.config.label_ttl_ms,
+            max_pending=s.config.max_pending,
+            kafka_config=redact(s.kafka_config),
+        )
+        server = None
+        if s.metrics_port is not None:
+            server = MetricsServer(s.metrics_port, self.metrics.registry, lambda: self._assigned)
+            server.start()
+        self.consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
+        next_checkpoint = time.monotonic() + s.checkpoint_interval_s
+        next_summary = time.monotonic() + s.log_interval_s
+        try:
+            while not stop.is_set():
+                msgs = self.consumer.consume(num_messages=s.batch_size, timeout=0.1)
+                if msgs:
+                    self._process(msgs)
+                now = time.monotonic()
+                if now >= next_checkpoint:
+                    self.checkpoint()
+                    next_checkpoint = now + s.checkpoint_interval_s
+                if now >= next_summary:
+                    self._log_summary()
+                    next_summary = now + s.log_interval_s
+        finally:
+            try:
+                self.checkpoint()
+                self._log_summary()
+            finally:
+                self.consumer.close()
+                self.producer.flush(10)
+                self.store.close()
+                if server is not None:
+                    server.stop()
+                log.info("monitor_stopped", **self.state.counters())
+
+    def _process(self, msgs: list[Message]) -> None:
+        s = self.settings
+        state = self.state
+        now_ms = time.time_ns() // 1_000_000
+        alerts: list[Alert] = []
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:  # noqa: SLF001
+                    log.warning("consume_error", code=err.name(), reason=err.str())
+                continue
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            if topic is None or partition is None or offset is None:
+                continue
+            if topic == s.predictions_topic:
+                alerts += state.on_prediction(partition, msg.value(), now_ms)
+            elif topic == s.labels_topic:
+                alerts += state.on_label(partition, msg.value(), msg.timestamp()[1], now_ms)
+            elif self.feature_decoder is not None:
+                decoded = self.feature_decoder.decode(msg.value())
+                if not isinstance(decoded, InvalidEvent):
+                    alerts += state.on_features(decoded[1], now_ms)
+            self.offsets[(topic, partition)] = offset + 1
+        for alert in alerts:
+            self._raise(alert)
+
+    def _raise(self, alert: Alert) -> None:
+        fields: dict[str, Any] = {k: v for k, v in alert.fields().items() if v is not None}
+        name = fields.pop("alert")
+        alert_log.warning(name, alert=name, **fields)
+        self.metrics.alerts.labels(name).inc()
+        encoded = msgspec.json.encode(alert)
+        while True:
+            try:
+                self.producer.produce(
+                    self.settings.alerts_topic, encoded, alert.model_name.encode()
+                )
+                break
+            except BufferError:
+                self.producer.poll(0.1)
+        self.producer.poll(0)
+
+    def checkpoint(self) -> None:
+        """Alerts acknowledged, then state and offsets stored together, then Kafka told."""
+        if self.producer.flush(30) > 0:
+            log.warning("checkpoint_deferred", reason="alerts not yet acknowledged")
+            return
+        global_state = dataclasses.replace(self.state, joins={})
+        self.store.save(global_state, dict(self.state.joins), self.offsets)
+        if self.offsets:
+            try:
+                self.consumer.commit(
+                    offsets=[TopicPartition(t, p, o) for (t, p), o in self.offsets.items()],
+                    asynchronous=True,
+                )
+            except KafkaException as exc:
+                log.warning("commit_failed", reason=str(exc))
+
+    def _log_summary(self) -> None:
+        counters = self.state.counters()
+        metrics = self.state.metrics()
+        for name, value in counters.items():
+            self.metrics.join.labels(name).set(value)
+        for key, values in metrics.items():
+            model, version = key.rsplit("/v", 1)
+            if values["window_accuracy"] is not None:
+                self.metrics.accuracy.labels(model, version).set(values["window_accuracy"])
+        log.info(
+            "monitor_summary",
+            **counters,
+            versions=metrics,
+            alerts=dict(self.state.alerts_raised),
+        )
