@@ -53,7 +53,7 @@ class VersionAlerts:
     last_drift_at_joined: int | None = None
 
     def on_outcome(
-        self, rules: AlertRules, snap: Snapshot, drifted: bool, detector: str, now_ms: int
+        self, rules: AlertRules, snap: Snapshot, *, drifted: bool, detector: str, now_ms: int
     ) -> list[Alert]:
         alerts = []
 
@@ -81,7 +81,8 @@ class VersionAlerts:
             if not self.below and accuracy < rules.accuracy_threshold:
                 self.below = True
                 alerts.append(alert(ACCURACY_BELOW_THRESHOLD, "critical"))
-            elif self.below and accuracy >= rules.accuracy_threshold + rules.recover_margin:
+            # The epsilon keeps 0.8 + 0.02 == 0.82 true in binary floating point.
+            elif self.below and accuracy >= rules.accuracy_threshold + rules.recover_margin - 1e-9:
                 self.below = False
                 alerts.append(alert(ACCURACY_RECOVERED, "warning"))
         return alerts

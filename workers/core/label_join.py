@@ -5,9 +5,9 @@ waits up to `orphan_label_ttl_ms` for its prediction. Time is the watermark: the
 largest prediction `event_time` and the largest `label_time` seen, so a side that is read ahead
 of the other (two topics are consumed at their own pace) cannot expire what the slower side is
 about to deliver, and replays and restarts expire exactly what a live run would. Until both
-sides have been seen nothing expires; `max_pending` still bounds memory. Both buffers hold at most `max_pending` entries, the oldest evicted
-first. Settled event ids (joined or expired) are remembered, up to `max_pending` of them, so a
-duplicate never counts twice and a label for an expired prediction is counted as late.
+sides have been seen nothing expires. Both buffers hold at most `max_pending` entries, the
+oldest evicted first. Settled event ids (joined or expired) are remembered, up to `max_pending`
+of them, so a duplicate never counts twice and a label for an expired prediction counts as late.
 """
 
 from __future__ import annotations

@@ -119,7 +119,11 @@ class MonitorState:
         state.performance.add(outcome)
         drifted = state.drift.update(correct=outcome.correct)
         alerts = state.alerts.on_outcome(
-            self.config.rules, state.performance.snapshot(), drifted, self.config.detector, now_ms
+            self.config.rules,
+            state.performance.snapshot(),
+            drifted=drifted,
+            detector=self.config.detector,
+            now_ms=now_ms,
         )
         self._count(alerts)
         return alerts
