@@ -1,0 +1,270 @@
+"""`scorestream monitor` against the real broker: exact join counts, drift alerts, restarts."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from confluent_kafka import Producer
+
+from tests.conftest import KafkaUnderTest, TopicFactory
+from tests.integration.workers import WorkerProcess, read_topic
+from workers.cli import main
+from workers.schemas import load_schema
+
+BASE = 1_700_000_000_000
+SECOND = 1000
+
+
+@dataclass
+class Scenario:
+    predictions: list[tuple[bytes, bytes]]
+    labels: list[tuple[bytes, bytes]]
+    joined: int
+    expired: int
+    orphans: int
+    correct: int
+
+
+def scenario(
+    n: int,
+    seed: int,
+    accuracy_before: float = 0.9,
+    accuracy_after: float = 0.9,
+    change_at: int | None = None,
+) -> Scenario:
+    """Every 10th event never gets a prediction, every 7th of the rest never gets a label."""
+    rng = random.Random(seed)
+    predictions, labels = [], []
+    joined = expired = orphans = correct = 0
+    for i in range(n):
+        t = BASE + i * SECOND
+        actual = rng.choice([0, 1])
+        accuracy = accuracy_before if change_at is None or i < change_at else accuracy_after
+        predicted = actual if rng.random() < accuracy else 1 - actual
+        has_prediction, has_label = i % 10 != 0, i % 7 != 0 or i % 10 == 0
+        event_id = f"e{i}"
+        if has_prediction:
+            p1 = 0.75 if predicted == 1 else 0.25
+            body = {
+                "event_id": event_id,
+                "model_name": "m",
+                "model_version": 1,
+                "label": predicted,
+                "score": max(p1, 1 - p1),
+                "probabilities": {"0": 1 - p1, "1": p1},
+                "event_time": t,
+                "scored_at": t,
+            }
+            predictions.append((event_id.encode(), json.dumps(body).encode()))
+        if has_label:
+            label_time = t + rng.randrange(0, 120) * SECOND
+            labels.append((label_time, event_id, actual))
+        joined += has_prediction and has_label
+        expired += has_prediction and not has_label
+        orphans += has_label and not has_prediction
+        correct += has_prediction and has_label and predicted == actual
+    labels.sort()  # labels arrive in label-time order, up to two minutes after their event
+    encoded = [
+        (e.encode(), json.dumps({"event_id": e, "label": y, "label_time": lt}).encode())
+        for lt, e, y in labels
+    ]
+    return Scenario(predictions, encoded, joined, expired, orphans, correct)
+
+
+def produce(
+    bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], partition: int | None = None
+) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    for key, value in records:
+        if partition is None:
+            producer.produce(topic, value, key)
+        else:
+            producer.produce(topic, value, key, partition=partition)
+        producer.poll(0)
+    assert producer.flush(30) == 0
+
+
+def advance_clocks(bootstrap: str, topics: dict[str, str], partitions: int) -> None:
+    """One far-future prediction and label per partition, so every TTL has passed."""
+    far = BASE + 100 * 3_600_000
+    for p in range(partitions):
+        prediction = {
+            "event_id": f"clock-p{p}",
+            "model_name": "clock",
+            "model_version": 1,
+            "label": 0,
+            "score": 1.0,
+            "event_time": far,
+            "scored_at": far,
+        }
+        label = {"event_id": f"clock-l{p}", "label": 0, "label_time": far}
+        produce(bootstrap, topics["predictions"], [(b"c", json.dumps(prediction).encode())], p)
+        produce(bootstrap, topics["labels"], [(b"c", json.dumps(label).encode())], p)
+
+
+def monitor_args(
+    kafka: KafkaUnderTest, topics: dict[str, str], state: Path, *extra: str
+) -> list[str]:
+    return [
+        "monitor", "--bootstrap-servers", kafka.bootstrap_servers,
+        "--predictions-topic", topics["predictions"], "--labels-topic", topics["labels"],
+        "--alerts-topic", topics["alerts"], "--group-id", f"g-{topics['predictions']}",
+        "--state-dir", str(state), "--checkpoint-interval-s", "0.5", "--log-interval-s", "0.5",
+        *extra,
+    ]  # fmt: skip
+
+
+def wait_for_summary(
+    worker: WorkerProcess, expected: dict[str, int], timeout_s: float = 90.0
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        summaries = worker.events("monitor_summary")
+        if summaries and all(summaries[-1].get(k) == v for k, v in expected.items()):
+            return summaries[-1]
+        if worker.proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    last = worker.events("monitor_summary")[-1:] or worker.lines[-10:]
+    raise AssertionError(f"counts never reached {expected}; last: {last}")
+
+
+@pytest.fixture
+def topics(new_topic: TopicFactory) -> dict[str, str]:
+    return {
+        "predictions": new_topic(4, "-pred"),
+        "labels": new_topic(4, "-lab"),
+        "alerts": new_topic(1, "-alerts"),
+    }
+
+
+def expected_counts(s: Scenario) -> dict[str, int]:
+    return {
+        "joined": s.joined,
+        "expired_without_label": s.expired,
+        "orphan_labels": s.orphans,
+        "duplicate_predictions": 0,
+        "duplicate_labels": 0,
+        "late_labels": 0,
+        "pending_predictions": 4,
+        "pending_labels": 4,
+    }
+
+
+def test_join_counts_are_exact_in_either_arrival_order(
+    kafka: KafkaUnderTest, topics: dict[str, str], tmp_path: Path
+) -> None:
+    s = scenario(4000, seed=1)
+    half = len(s.predictions) // 2
+    worker = WorkerProcess(*monitor_args(kafka, topics, tmp_path, "--window", "100000"))
+    try:
+        worker.wait_for("partitions_assigned")
+        # First half of the predictions, then every label (late for those, early for the
+        # rest), then the second half of the predictions.
+        produce(kafka.bootstrap_servers, topics["predictions"], s.predictions[:half])
+        produce(kafka.bootstrap_servers, topics["labels"], s.labels)
+        produce(kafka.bootstrap_servers, topics["predictions"], s.predictions[half:])
+        # Duplicates (at-least-once upstream) must not count twice.
+        produce(kafka.bootstrap_servers, topics["predictions"], s.predictions[:50])
+        advance_clocks(kafka.bootstrap_servers, topics, 4)
+        summary = wait_for_summary(worker, {**expected_counts(s), "duplicate_predictions": 50})
+    finally:
+        code, _ = worker.stop()
+    assert code == 0
+    # Accuracy over all joined pairs (the window holds them all) equals the offline truth.
+    assert summary["versions"]["m/v1"]["window_accuracy"] == s.correct / s.joined
+    assert summary["versions"]["m/v1"]["joined"] == s.joined
+
+
+def test_a_drop_in_accuracy_raises_drift_and_threshold_alerts_after_the_change(
+    kafka: KafkaUnderTest, new_topic: TopicFactory, tmp_path: Path
+) -> None:
+    topics = {
+        "predictions": new_topic(1, "-pred"),
+        "labels": new_topic(1, "-lab"),
+        "alerts": new_topic(1, "-alerts"),
+    }
+    s = scenario(8000, seed=2, accuracy_before=0.92, accuracy_after=0.6, change_at=4000)
+    before = sum(1 for i in range(4000) if i % 10 != 0 and i % 7 != 0)
+    worker = WorkerProcess(*monitor_args(kafka, topics, tmp_path))
+    try:
+        worker.wait_for("partitions_assigned")
+        produce(kafka.bootstrap_servers, topics["predictions"], s.predictions)
+        produce(kafka.bootstrap_servers, topics["labels"], s.labels)
+        wait_for_summary(worker, {"joined": s.joined})
+        records = read_topic(kafka.bootstrap_servers, topics["alerts"], 2, settle_s=1)
+    finally:
+        code, _ = worker.stop()
+    assert code == 0
+    alerts = [r.json() for r in records]
+    schema = load_schema("alert")
+    for alert, record in zip(alerts, records, strict=True):
+        jsonschema.validate(alert, schema)
+        assert record.key == b"m"
+    kinds = [a["alert"] for a in alerts]
+    assert "drift_detected" in kinds
+    assert "accuracy_below_threshold" in kinds
+    assert all(a["joined"] > before for a in alerts), (before, alerts)
+    drift = next(a for a in alerts if a["alert"] == "drift_detected")
+    assert drift["joined"] - before < 400
+    assert drift["detector"] == "page_hinkley_pair"
+    # Each alert is also one JSON log line whose event is the alert name.
+    logged = worker.events("drift_detected") + worker.events("accuracy_below_threshold")
+    assert len(logged) == len(alerts)
+    assert all(line["model_name"] == "m" and line["severity"] for line in logged)
+
+
+def test_a_killed_monitor_resumes_from_its_checkpoint_and_counts_nothing_twice(
+    kafka: KafkaUnderTest, topics: dict[str, str], tmp_path: Path
+) -> None:
+    s = scenario(6000, seed=3)
+    half_p, half_l = len(s.predictions) // 2, len(s.labels) // 2
+    args = monitor_args(kafka, topics, tmp_path)
+    worker = WorkerProcess(*args)
+    try:
+        worker.wait_for("partitions_assigned")
+        produce(kafka.bootstrap_servers, topics["predictions"], s.predictions[:half_p])
+        produce(kafka.bootstrap_servers, topics["labels"], s.labels[:half_l])
+        deadline = time.monotonic() + 60
+        while not any(e["joined"] > 500 for e in worker.events("monitor_summary")):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        worker.stop(signal.SIGKILL)  # no final checkpoint: it must resume from an older one
+    produce(kafka.bootstrap_servers, topics["predictions"], s.predictions[half_p:])
+    produce(kafka.bootstrap_servers, topics["labels"], s.labels[half_l:])
+    advance_clocks(kafka.bootstrap_servers, topics, 4)
+    worker = WorkerProcess(*args)
+    try:
+        wait_for_summary(worker, expected_counts(s))
+        time.sleep(1.5)  # a few more summaries: nothing may move past the truth
+        assert worker.events("monitor_summary")[-1]["joined"] == s.joined
+    finally:
+        code, _ = worker.stop()
+    assert code == 0
+
+
+def test_topics_with_different_partition_counts_are_refused(
+    kafka: KafkaUnderTest,
+    new_topic: TopicFactory,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    topics = {
+        "predictions": new_topic(4, "-pred"),
+        "labels": new_topic(2, "-lab"),
+        "alerts": new_topic(1, "-alerts"),
+    }
+    assert main(monitor_args(kafka, topics, tmp_path)) == 1
+    err = capsys.readouterr().err
+    assert "same partition count" in err
+    assert "has 4" in err
+    assert "has 2" in err
