@@ -43,6 +43,10 @@ unit: venv ## unit tests only (no broker)
 .PHONY: check
 check: lint types test ## everything CI runs: lint, types, tests
 
+.PHONY: bench-drift
+bench-drift: venv ## drift-detection quality: 30 seeds per stream, default detector beside ADWIN
+	$(BIN)/python bench/drift_quality.py
+
 .PHONY: format
 format: venv ## rewrite files with ruff's formatter and safe fixes
 	$(BIN)/ruff check --fix workers tests bench

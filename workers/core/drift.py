@@ -26,8 +26,8 @@ def _page_hinkley_pair() -> list[Any]:
     # for large ones (-> 0.4), either firing, beat every single river detector measured here
     # (bench/drift_quality.py); alpha=1 keeps the reference mean from fading.
     return [
-        drift.PageHinkley(min_instances=30, delta=0.05, threshold=13.5, alpha=1.0, mode="up"),
-        drift.PageHinkley(min_instances=30, delta=0.1, threshold=8.5, alpha=1.0, mode="up"),
+        drift.PageHinkley(min_instances=30, delta=0.05, threshold=16, alpha=1.0, mode="up"),
+        drift.PageHinkley(min_instances=30, delta=0.1, threshold=9, alpha=1.0, mode="up"),
     ]
 
 
@@ -35,7 +35,7 @@ DETECTORS: dict[str, DetectorSpec] = {
     "page_hinkley_pair": DetectorSpec(
         _page_hinkley_pair,
         feeds_errors=True,
-        description="PageHinkley(0.05, 13.5) or PageHinkley(0.1, 8.5), mode=up, on error bits",
+        description="PageHinkley(0.05, 16) or PageHinkley(0.1, 9), mode=up, on error bits",
     ),
     "adwin": DetectorSpec(lambda: [drift.ADWIN()], feeds_errors=True, description="ADWIN()"),
     "adwin_fast": DetectorSpec(
