@@ -16,7 +16,7 @@ from typing import Any
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS global_state (id INTEGER PRIMARY KEY CHECK (id = 1), state BLOB);
+CREATE TABLE IF NOT EXISTS instance_state (instance TEXT PRIMARY KEY, state BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS partition_state (partition INTEGER PRIMARY KEY, state BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS offsets (
     topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
@@ -30,7 +30,14 @@ class CheckpointError(Exception):
 
 
 class CheckpointStore:
-    def __init__(self, path: Path, identity: Mapping[str, str]) -> None:
+    """One SQLite file per monitor group; several monitors on one machine may share it.
+
+    Partition state (join buffers) belongs to whoever holds the partition and moves with it;
+    instance state (rolling windows, detectors, alerts) belongs to one named monitor instance.
+    """
+
+    def __init__(self, path: Path, identity: Mapping[str, str], instance: str = "main") -> None:
+        self.instance = instance
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         # isolation_level=None: transactions are explicit BEGIN/COMMIT below.
@@ -67,7 +74,7 @@ class CheckpointStore:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute("INSERT OR REPLACE INTO global_state VALUES (1, ?)", (blob,))
+            db.execute("INSERT OR REPLACE INTO instance_state VALUES (?, ?)", (self.instance, blob))
             db.executemany("INSERT OR REPLACE INTO partition_state VALUES (?, ?)", rows)
             db.executemany(
                 "INSERT OR REPLACE INTO offsets VALUES (?, ?, ?)",
@@ -79,7 +86,9 @@ class CheckpointStore:
             raise
 
     def load_global(self) -> Any:  # noqa: ANN401
-        row = self._db.execute("SELECT state FROM global_state WHERE id = 1").fetchone()
+        row = self._db.execute(
+            "SELECT state FROM instance_state WHERE instance = ?", (self.instance,)
+        ).fetchone()
         return None if row is None else pickle.loads(row[0])  # noqa: S301 - our own state file
 
     def load_partition(self, partition: int) -> Any:  # noqa: ANN401

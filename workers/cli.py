@@ -501,6 +501,13 @@ def _add_monitor_parser(commands: Any, environ: Mapping[str, str]) -> None:  # n
     )
     add_option(
         monitor,
+        "--instance-id",
+        environ=environ,
+        default="main",
+        help="name of this monitor's own state when several share --state-dir",
+    )
+    add_option(
+        monitor,
         "--checkpoint-interval-s",
         environ=environ,
         type=float,
@@ -580,6 +587,7 @@ def _monitor(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         checkpoint_interval_s=args.checkpoint_interval_s,
         log_interval_s=args.log_interval_s,
         metrics_port=args.metrics_port,
+        instance_id=args.instance_id,
     )
     stop = threading.Event()
     install_stop_handlers(stop)

@@ -268,3 +268,101 @@ def test_topics_with_different_partition_counts_are_refused(
     assert "same partition count" in err
     assert "has 4" in err
     assert "has 2" in err
+
+
+def sum_of_last(workers: list[WorkerProcess], key: str) -> int:
+    total = 0
+    for worker in workers:
+        summaries = worker.events("monitor_summary")
+        total += summaries[-1][key] if summaries else 0
+    return total
+
+
+def test_a_second_monitor_takes_over_partitions_with_their_state(
+    kafka: KafkaUnderTest, topics: dict[str, str], tmp_path: Path
+) -> None:
+    s = scenario(6000, seed=4)
+    half_p, half_l = len(s.predictions) // 2, len(s.labels) // 2
+    first = WorkerProcess(*monitor_args(kafka, topics, tmp_path, "--instance-id", "a"))
+    second = None
+    try:
+        first.wait_for("partitions_assigned")
+        produce(kafka.bootstrap_servers, topics["predictions"], s.predictions[:half_p])
+        produce(kafka.bootstrap_servers, topics["labels"], s.labels[:half_l])
+        deadline = time.monotonic() + 60
+        while not any(e["joined"] > 500 for e in first.events("monitor_summary")):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        second = WorkerProcess(*monitor_args(kafka, topics, tmp_path, "--instance-id", "b"))
+        second.wait_for("partitions_assigned")
+        produce(kafka.bootstrap_servers, topics["predictions"], s.predictions[half_p:])
+        produce(kafka.bootstrap_servers, topics["labels"], s.labels[half_l:])
+        advance_clocks(kafka.bootstrap_servers, topics, 4)
+        deadline = time.monotonic() + 90
+        expected = {
+            "joined": s.joined,
+            "expired_without_label": s.expired,
+            "orphan_labels": s.orphans,
+        }
+        while {k: sum_of_last([first, second], k) for k in expected} != expected:
+            assert time.monotonic() < deadline, {
+                k: sum_of_last([first, second], k) for k in expected
+            }
+            time.sleep(0.2)
+        assert len(first.events("partitions_assigned")) >= 2  # it gave partitions away
+        assert all(sum_of_last([w], "joined") > 0 for w in (first, second))
+    finally:
+        codes = [first.stop()[0]] + ([second.stop()[0]] if second is not None else [])
+    assert codes == [0, 0]
+
+
+def test_a_moved_feature_raises_feature_drift_naming_it(
+    kafka: KafkaUnderTest, new_topic: TopicFactory, registry: Path, tmp_path: Path
+) -> None:
+    import numpy as np  # noqa: PLC0415
+
+    from workers.model_store import load_version  # noqa: PLC0415
+    from workers.training import load_dataset  # noqa: PLC0415
+
+    topics = {
+        "predictions": new_topic(1, "-pred"),
+        "labels": new_topic(1, "-lab"),
+        "alerts": new_topic(1, "-alerts"),
+        "features": new_topic(1, "-feat"),
+    }
+    manifest = load_version(registry / "bc" / "1").manifest
+    std = manifest.raw["feature_summary"]["mean_radius"]["std"]
+    data = load_dataset("breast_cancer")
+    rng = np.random.default_rng(5)
+    rows = data.x[rng.integers(0, len(data.x), 2000)]
+    rows[1000:, manifest.features.index("mean_radius")] += 1.0 * std
+
+    def as_events(block: np.ndarray, start: int) -> list[tuple[bytes, bytes]]:
+        return [
+            (f"f{start + i}".encode(), json.dumps({
+                "event_id": f"f{start + i}",
+                "features": dict(zip(manifest.features, row, strict=True))}).encode())
+            for i, row in enumerate(block.tolist())
+        ]  # fmt: skip
+
+    worker = WorkerProcess(*monitor_args(
+        kafka, topics, tmp_path, "--features-topic", topics["features"],
+        "--model", str(registry / "bc")))  # fmt: skip
+    try:
+        worker.wait_for("partitions_assigned")
+        produce(kafka.bootstrap_servers, topics["features"], as_events(rows[:1000], 0))
+        time.sleep(2)
+        assert worker.events("feature_drift") == []  # same distribution as in training
+        produce(kafka.bootstrap_servers, topics["features"], as_events(rows[1000:], 1000))
+        line = worker.wait_for("feature_drift", timeout_s=60)
+        [record] = read_topic(kafka.bootstrap_servers, topics["alerts"], 1, settle_s=0.5)
+    finally:
+        code, _ = worker.stop()
+    assert code == 0
+    assert "mean_radius" in line["features"]
+    assert line["features"]["mean_radius"]["shift_sigma"] > 0.2  # found before the window is full
+    alert = record.json()
+    jsonschema.validate(alert, load_schema("alert"))
+    assert alert["alert"] == "feature_drift"
+    assert alert["model_name"] == "bc"
+    assert "mean_radius" in alert["features"]

@@ -50,6 +50,7 @@ class MonitorSettings:
     checkpoint_interval_s: float = 5.0
     log_interval_s: float = 10.0
     metrics_port: int | None = None
+    instance_id: str = "main"
 
 
 def check_partition_counts(settings: MonitorSettings) -> int:
@@ -101,7 +102,7 @@ class MonitorWorker:
             "labels_topic": s.labels_topic,
             "features_topic": s.features_topic or "",
         }
-        self.store = CheckpointStore(s.state_dir / "monitor.sqlite", identity)
+        self.store = CheckpointStore(s.state_dir / "monitor.sqlite", identity, s.instance_id)
         restored = self.store.load_global()
         self.state: MonitorState = (
             dataclasses.replace(restored, config=s.config, joins={})
@@ -205,6 +206,7 @@ class MonitorWorker:
             alerts_topic=s.alerts_topic,
             group_id=s.group_id,
             partitions=self.partitions,
+            instance_id=s.instance_id,
             state=str(self.store.path),
             window=s.config.window,
             accuracy_threshold=s.config.rules.accuracy_threshold,
