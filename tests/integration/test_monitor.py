@@ -6,6 +6,7 @@ import json
 import random
 import signal
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import jsonschema
 import pytest
 from confluent_kafka import Producer
 
-from tests.conftest import KafkaUnderTest, TopicFactory
+from tests.conftest import KafkaUnderTest, TopicFactory, free_base_port
 from tests.integration.workers import WorkerProcess, read_topic
 from workers.cli import main
 from workers.schemas import load_schema
@@ -164,7 +165,10 @@ def test_join_counts_are_exact_in_either_arrival_order(
 ) -> None:
     s = scenario(4000, seed=1)
     half = len(s.predictions) // 2
-    worker = WorkerProcess(*monitor_args(kafka, topics, tmp_path, "--window", "100000"))
+    port = free_base_port(1)
+    worker = WorkerProcess(
+        *monitor_args(kafka, topics, tmp_path, "--window", "100000", "--metrics-port", str(port))
+    )
     try:
         worker.wait_for("partitions_assigned")
         # First half of the predictions, then every label (late for those, early for the
@@ -176,12 +180,16 @@ def test_join_counts_are_exact_in_either_arrival_order(
         produce(kafka.bootstrap_servers, topics["predictions"], s.predictions[:50])
         advance_clocks(kafka.bootstrap_servers, topics, 4)
         summary = wait_for_summary(worker, {**expected_counts(s), "duplicate_predictions": 50})
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            metrics = response.read().decode()
     finally:
         code, _ = worker.stop()
     assert code == 0
     # Accuracy over all joined pairs (the window holds them all) equals the offline truth.
     assert summary["versions"]["m/v1"]["window_accuracy"] == s.correct / s.joined
     assert summary["versions"]["m/v1"]["joined"] == s.joined
+    assert f'scorestream_monitor_join{{counter="joined"}} {float(s.joined)}' in metrics
+    assert 'scorestream_rolling_accuracy{model="m",version="1"}' in metrics
 
 
 def test_a_drop_in_accuracy_raises_drift_and_threshold_alerts_after_the_change(
