@@ -67,14 +67,14 @@ def _logger(name: str) -> logging.Logger:
     return logger
 
 
-def make_producer(
+def client_config(
     bootstrap_servers: str,
     extra: Mapping[str, str],
     *,
     defaults: Mapping[str, Any],
     required: Mapping[str, Any],
     name: str,
-) -> Producer:
+) -> dict[str, Any]:
     """Defaults < the user's --kafka-config < what our delivery guarantee depends on."""
     config: dict[str, Any] = {
         "bootstrap.servers": bootstrap_servers,
@@ -84,24 +84,12 @@ def make_producer(
     }
     config.setdefault("error_cb", ErrorReporter(name))
     config.setdefault("logger", _logger(name))
-    return Producer(config)
+    return config
 
 
-def make_consumer(
-    bootstrap_servers: str,
-    extra: Mapping[str, str],
-    *,
-    defaults: Mapping[str, Any],
-    required: Mapping[str, Any],
-    name: str,
-) -> Consumer:
-    """Defaults < the user's --kafka-config < what our delivery guarantee depends on."""
-    config: dict[str, Any] = {
-        "bootstrap.servers": bootstrap_servers,
-        **defaults,
-        **extra,
-        **required,
-    }
-    config.setdefault("error_cb", ErrorReporter(name))
-    config.setdefault("logger", _logger(name))
-    return Consumer(config)
+def make_producer(bootstrap_servers: str, extra: Mapping[str, str], **how: Any) -> Producer:  # noqa: ANN401
+    return Producer(client_config(bootstrap_servers, extra, **how))
+
+
+def make_consumer(bootstrap_servers: str, extra: Mapping[str, str], **how: Any) -> Consumer:  # noqa: ANN401
+    return Consumer(client_config(bootstrap_servers, extra, **how))
