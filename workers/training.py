@@ -127,9 +127,24 @@ def train(  # noqa: PLR0913 - one keyword per CLI flag
     test_size: float = 0.25,
 ) -> Path:
     """Fit, evaluate on a held-out split, and register the next version; return its folder."""
+    return train_on(
+        name, models_dir, load_dataset(dataset), estimator=estimator, seed=seed, test_size=test_size
+    )
+
+
+def train_on(  # noqa: PLR0913
+    name: str,
+    models_dir: Path,
+    data: Dataset,
+    *,
+    estimator: str = "logistic_regression",
+    seed: int = 0,
+    test_size: float = 0.25,
+) -> Path:
+    """Like `train`, on data given in memory (benchmarks bring their own)."""
     from sklearn.model_selection import train_test_split  # noqa: PLC0415
 
-    data = load_dataset(dataset)
+    dataset = data.name
     x_train, x_test, y_train, y_test = train_test_split(
         data.x, data.y, test_size=test_size, random_state=seed, stratify=data.y
     )

@@ -115,6 +115,8 @@ class MonitorWorker:
         self.offsets: dict[tuple[str, int], int] = {}
         self.metrics = MonitorMetrics()
         self._assigned = False
+        # What the last summary said; partitions handed back at shutdown leave `state` empty.
+        self.last_counters: dict[str, int] = {}
         self.producer: Producer = make_producer(
             s.bootstrap_servers,
             s.kafka_config,
@@ -305,7 +307,7 @@ class MonitorWorker:
                 log.warning("commit_failed", reason=str(exc))
 
     def _log_summary(self) -> None:
-        counters = self.state.counters()
+        counters = self.last_counters = self.state.counters()
         metrics = self.state.metrics()
         for name, value in counters.items():
             self.metrics.join.labels(name).set(value)
