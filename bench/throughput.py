@@ -66,8 +66,11 @@ def make_events(n: int, seed: int, start: int = 0) -> list[tuple[bytes, bytes]]:
 
 
 def usage() -> tuple[float, int]:
+    """CPU seconds and peak RSS of this process (VmHWM: ru_maxrss would carry the parent's)."""
     r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime, r.ru_maxrss * 1024
+    with open("/proc/self/status") as f:  # noqa: PTH123
+        hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return r.ru_utime + r.ru_stime, hwm * 1024
 
 
 class Clock:

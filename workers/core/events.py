@@ -54,7 +54,8 @@ class Prediction(msgspec.Struct, omit_defaults=True):
     score: float
     event_time: int
     scored_at: int
-    probabilities: dict[str, float] | None = None
+    # {class: probability}: a dict or a Struct generated for the model's classes.
+    probabilities: Any = None
 
 
 class EventDecoder:
@@ -90,8 +91,26 @@ class EventDecoder:
         self._decoder = msgspec.json.Decoder(self._event_type)
         self._astuple = msgspec.structs.astuple
 
-    def decode(self, value: bytes | None) -> DecodedEvent | InvalidEvent:  # noqa: PLR0911
+    def decode(self, value: bytes | None) -> DecodedEvent | InvalidEvent:
         """Return (event_id, features in manifest order, event_time) or why it is invalid."""
+        decoded = self.decode_unchecked(value)
+        if type(decoded) is InvalidEvent:
+            return decoded
+        row = decoded[1]  # type: ignore[index]
+        for index, x in enumerate(row):
+            # JSON has no NaN/Infinity literals, but an overflowing number such as 1e400
+            # must still never reach the model.
+            if not math.isfinite(x):
+                return self.not_finite(index)
+        return decoded
+
+    def not_finite(self, index: int) -> InvalidEvent:
+        return InvalidEvent(
+            ErrorType.FEATURES, f"feature {self.features[index]!r} is not a finite number"
+        )
+
+    def decode_unchecked(self, value: bytes | None) -> DecodedEvent | InvalidEvent:
+        """Like `decode` but without the finiteness check, which the caller does in bulk."""
         if value is None:
             return InvalidEvent(ErrorType.DECODE, "empty message (null value / tombstone)")
         if len(value) > self.max_value_bytes:
@@ -107,16 +126,7 @@ class EventDecoder:
             return InvalidEvent(ErrorType.DECODE, "JSON nested too deeply")
         except (msgspec.DecodeError, ValueError) as exc:  # malformed JSON, invalid UTF-8
             return InvalidEvent(ErrorType.DECODE, str(exc) or type(exc).__name__)
-        row: tuple[float, ...] = self._astuple(event.features)
-        for index, x in enumerate(row):
-            # JSON has no NaN/Infinity literals, but an overflowing number such as 1e400
-            # must still never reach the model.
-            if not math.isfinite(x):
-                return InvalidEvent(
-                    ErrorType.FEATURES,
-                    f"feature {self.features[index]!r} is not a finite number",
-                )
-        return event.event_id, row, event.event_time
+        return event.event_id, self._astuple(event.features), event.event_time
 
     def _classify(self, value: bytes, message: str) -> InvalidEvent:
         """Name the most basic thing wrong: unreadable JSON, then the envelope, then features.

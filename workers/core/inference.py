@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -41,7 +40,7 @@ def score_batch(
 ) -> BatchResult:
     """Decode, validate and score `values` with one model call; never raise on bad input."""
     result = BatchResult()
-    decode = model.decoder.decode
+    decode = model.decoder.decode_unchecked
     indices: list[int] = []
     ids: list[str] = []
     rows: list[tuple[float, ...]] = []
@@ -59,17 +58,33 @@ def score_batch(
     if not rows:
         return result
     matrix = np.array(rows, dtype=np.float64)
+    finite = np.isfinite(matrix)
+    if not finite.all():
+        # An overflowing number such as 1e400 decodes to infinity: never let it reach the model.
+        bad_rows = np.flatnonzero(~finite.all(axis=1)).tolist()
+        for j in bad_rows:
+            first_bad = int(np.flatnonzero(~finite[j])[0])
+            result.invalid.append((indices[j], model.decoder.not_finite(first_bad)))
+        dropped = set(bad_rows)
+        keep = [j for j in range(len(rows)) if j not in dropped]
+        matrix = matrix[keep]
+        indices = [indices[j] for j in keep]
+        ids = [ids[j] for j in keep]
+        times = [times[j] for j in keep]
+        result.invalid.sort(key=lambda item: item[0])
+        if not keep:
+            return result
     try:
         scored = _checked(model.scorer.score(matrix), len(rows))
     except Exception:  # noqa: BLE001 - a model failure is data: isolate the rows that cause it
         _score_one_by_one(matrix, indices, ids, times, model, scored_at_ms, result)
         return result
-    _encode(scored, range(len(rows)), indices, ids, times, model, scored_at_ms, result)
+    _encode(scored, range(len(indices)), indices, ids, times, model, scored_at_ms, result)
     return result
 
 
 def _checked(scored: ScoredBatch, expected: int) -> ScoredBatch:
-    if len(scored.scores) != expected or not all(math.isfinite(s) for s in scored.scores):
+    if len(scored.scores) != expected or not np.isfinite(scored.scores).all():
         raise ValueError("model returned a non-finite or missing score")
     return scored
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
@@ -19,7 +20,19 @@ Label = str | int | bool
 class ScoredBatch:
     labels: list[Label]
     scores: list[float]
-    probabilities: list[dict[str, float]] | None
+    # Per row, an object that encodes as {class: probability}: a msgspec Struct generated for
+    # the model's classes (built in C, far cheaper than a dict per row) or a dict.
+    probabilities: list[Any] | None
+
+
+def probabilities_type(class_keys: Sequence[str]) -> Any:  # noqa: ANN401 - a generated Struct
+    """A Struct whose fields encode as the model's classes, in order: {"0": p0, "1": p1}."""
+    fields = [f"c{i}" for i in range(len(class_keys))]
+    return msgspec.defstruct(
+        "Probabilities",
+        [(f, float) for f in fields],
+        rename=dict(zip(fields, class_keys, strict=True)),
+    )
 
 
 class Scorer(Protocol):
@@ -36,15 +49,16 @@ class SklearnClassifierScorer:
         self.features = tuple(features)
         self.classes: list[Label] = [json_value(c) for c in model.classes_]
         self.class_keys = [str(c) for c in self.classes]
+        self._probabilities = probabilities_type(self.class_keys)
 
     def score(self, matrix: Matrix) -> ScoredBatch:
         proba: Matrix = self.model.predict_proba(matrix)
         best = proba.argmax(axis=1)
-        classes, keys = self.classes, self.class_keys
         return ScoredBatch(
-            labels=[classes[i] for i in best.tolist()],
+            labels=list(map(self.classes.__getitem__, best.tolist())),
             scores=proba[np.arange(len(best)), best].tolist(),
-            probabilities=[dict(zip(keys, row, strict=True)) for row in proba.tolist()],
+            # One C-level call per row: map() unpacks the columns into the Struct.
+            probabilities=list(map(self._probabilities, *proba.T.tolist())),
         )
 
 

@@ -323,7 +323,6 @@ class InferenceWorker:
         stats.scored += len(result.predictions)
         stats.batches += 1
         stats.max_batch = max(stats.max_batch, len(records))
-        self.producer.poll(0)
 
     def _dead_letter(self, msg: Message, invalid: InvalidEvent) -> None:
         headers: list[tuple[str, str | bytes | None]] = [

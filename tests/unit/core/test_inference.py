@@ -92,3 +92,19 @@ def test_real_model_scores_validate_and_match_predict_proba(trained_registry: Pa
         assert record["score"] == row.max()
         assert record["probabilities"] == {"0": row[0], "1": row[1]}
         assert record["event_time"] == 7
+
+
+def test_an_overflowing_feature_is_dead_lettered_and_the_rest_scored() -> None:
+    model = ServingModel("m", 1, EventDecoder(("a", "b")), FailsOnThirteen())
+    values: list[bytes | None] = [
+        _event(0, 1),
+        b'{"event_id": "inf", "features": {"a": 1, "b": 1e400}}',
+        _event(2, 2),
+        b'{"event_id": "ninf", "features": {"a": -1e999, "b": 1}}',
+    ]
+    result = score_batch(values, [0] * 4, model, scored_at_ms=0)
+    assert [i for i, _, _ in result.predictions] == [0, 2]
+    assert [(i, e.error_type, e.message) for i, e in result.invalid] == [
+        (1, ErrorType.FEATURES, "feature 'b' is not a finite number"),
+        (3, ErrorType.FEATURES, "feature 'a' is not a finite number"),
+    ]

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from msgspec import to_builtins
 
 from workers.core.scoring import RiverClassifierScorer, SklearnClassifierScorer
 from workers.model_store import load_version
@@ -26,7 +27,9 @@ def test_batched_scores_equal_row_by_row_scores(trained_registry: Path) -> None:
         assert single.labels[0] == batch.labels[i]
         assert single.scores[0] == pytest.approx(batch.scores[i], rel=ULPS, abs=ULPS)
         assert single.probabilities is not None
-        assert single.probabilities[0] == pytest.approx(batch.probabilities[i], rel=ULPS, abs=ULPS)
+        assert to_builtins(single.probabilities[0]) == pytest.approx(
+            to_builtins(batch.probabilities[i]), rel=ULPS, abs=ULPS
+        )
 
 
 def test_sklearn_scores_are_predict_proba(trained_registry: Path) -> None:
@@ -39,7 +42,7 @@ def test_sklearn_scores_are_predict_proba(trained_registry: Path) -> None:
     assert scored.labels == [int(c) for c in loaded.scorer.model.classes_[proba.argmax(axis=1)]]
     assert all(type(label) is int for label in scored.labels)  # JSON-native, not numpy
     assert scored.probabilities is not None
-    assert scored.probabilities[0] == {"0": proba[0, 0], "1": proba[0, 1]}
+    assert to_builtins(scored.probabilities[0]) == {"0": proba[0, 0], "1": proba[0, 1]}
 
 
 def test_river_batched_equals_row_by_row(tmp_path: Path) -> None:
