@@ -21,7 +21,7 @@ from workers.core.performance import RollingPerformance
 LabelValue = str | int | bool
 
 
-class PredictionIn(msgspec.Struct):
+class PredictionIn(msgspec.Struct, gc=False):
     """What the monitor reads of a Prediction (other fields are ignored)."""
 
     event_id: EventId
@@ -32,7 +32,7 @@ class PredictionIn(msgspec.Struct):
     probabilities: dict[str, float] | None = None
 
 
-class LabelIn(msgspec.Struct):
+class LabelIn(msgspec.Struct, gc=False):
     event_id: EventId
     label: LabelValue
     label_time: EpochMillis | None = None

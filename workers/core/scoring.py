@@ -32,6 +32,7 @@ def probabilities_type(class_keys: Sequence[str]) -> Any:  # noqa: ANN401 - a ge
         "Probabilities",
         [(f, float) for f in fields],
         rename=dict(zip(fields, class_keys, strict=True)),
+        gc=False,
     )
 
 

@@ -21,6 +21,7 @@ from workers.core.events import EventDecoder, InvalidEvent
 from workers.core.monitor import MonitorConfig, MonitorState
 from workers.kafka_io.admin import admin_client
 from workers.kafka_io.clients import make_consumer, make_producer, redact
+from workers.kafka_io.infer_loop import tune_process
 from workers.metrics import MetricsServer
 from workers.model_store import Manifest
 
@@ -199,6 +200,7 @@ class MonitorWorker:
 
     def run(self, stop: threading.Event) -> None:
         s = self.settings
+        tune_process()
         topics = [s.predictions_topic, s.labels_topic]
         if s.features_topic and self.feature_decoder is not None:
             topics.append(s.features_topic)
