@@ -120,7 +120,7 @@ class MonitorState:
         drifted = state.drift.update(correct=outcome.correct)
         alerts = state.alerts.on_outcome(
             self.config.rules,
-            state.performance.snapshot(),
+            state.performance.snapshot(time_windows=False),
             drifted=drifted,
             detector=self.config.detector,
             now_ms=now_ms,

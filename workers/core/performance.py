@@ -75,7 +75,8 @@ class RollingPerformance:
         bucket[0] += 1
         bucket[1] += correct
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self, *, time_windows: bool = True) -> Snapshot:
+        """The numbers now; without `time_windows` (per outcome, on the hot path) it is cheap."""
         n = len(self.recent)
         precision = recall = f1 = None
         if self.binary and n:
@@ -92,5 +93,7 @@ class RollingPerformance:
             reference_accuracy=_ratio(self.reference_correct, min(self.joined, self.window)),
             time_window_accuracy={
                 start: correct / total for start, (total, correct) in sorted(self.by_time.items())
-            },
+            }
+            if time_windows
+            else {},
         )
