@@ -43,6 +43,10 @@ unit: venv ## unit tests only (no broker)
 .PHONY: check
 check: lint types test ## everything CI runs: lint, types, tests
 
+.PHONY: bench
+bench: venv ## throughput, latency and memory beside a passthrough and a naive loop (real broker)
+	$(BIN)/python bench/throughput.py
+
 .PHONY: bench-drift
 bench-drift: venv ## drift-detection quality: 30 seeds per stream, default detector beside ADWIN
 	$(BIN)/python bench/drift_quality.py

@@ -216,7 +216,9 @@ def run_infer(cfg: dict[str, Any]) -> dict[str, Any]:
         target=watch, args=(lambda: worker.stats.consumed, cfg["events"], clock, stop), daemon=True
     ).start()
     if cfg.get("max_seconds"):
-        threading.Timer(cfg["max_seconds"], stop.set).start()
+        limit = threading.Timer(cfg["max_seconds"], stop.set)
+        limit.daemon = True  # must not keep the process alive once the work is done
+        limit.start()
     worker.run(stop)  # returns after the final flush and commit
     clock.stop()
     return clock.result(worker.stats.consumed)
@@ -458,8 +460,9 @@ def main() -> int:  # noqa: PLR0915 - a script that reads top to bottom
         w["c infer-lr"] = median_of(rep, "infer", lambda i: {
             **common, "output": out(f"lr{i}"), "model_dir": str(models["lr"].parent)})  # fmt: skip
         print("c", w["c infer-lr"])
+        hgb_dir = str(models["hgb"].parent)
         w["d infer-hgb"] = median_of(rep, "infer", lambda i: {
-            **common, "output": out(f"hgb{i}"), "model_dir": str(models["hgb"].parent)})  # fmt: skip
+            **common, "output": out(f"hgb{i}"), "model_dir": hgb_dir})  # fmt: skip
         print("d", w["d infer-hgb"])
         joined = {"predictions": f"bench-{run}.predictions", "labels": f"bench-{run}.labels",
                   "alerts": f"bench-{run}.alerts"}  # fmt: skip
