@@ -113,7 +113,7 @@ def watch(counter: Callable[[], int], n: int, clock: Clock, stop: threading.Even
             clock.stop()
             stop.set()
             return
-        time.sleep(0.002)
+        time.sleep(0.01)  # often enough to time, rarely enough not to steal the GIL
 
 
 # -- workloads (each in its own process) ----------------------------------------------------
