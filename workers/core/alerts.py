@@ -52,6 +52,19 @@ class VersionAlerts:
     below: bool = False
     last_drift_at_joined: int | None = None
 
+    def may_fire(
+        self, rules: AlertRules, *, drifted: bool, window_size: int, window_correct: int
+    ) -> bool:
+        """Cheap test run per outcome: can `on_outcome` raise anything now?"""
+        if drifted:
+            return True
+        if window_size < rules.min_outcomes:
+            return False
+        accuracy = window_correct / window_size
+        if self.below:
+            return accuracy >= rules.accuracy_threshold + rules.recover_margin - 1e-9
+        return accuracy < rules.accuracy_threshold
+
     def on_outcome(
         self, rules: AlertRules, snap: Snapshot, *, drifted: bool, detector: str, now_ms: int
     ) -> list[Alert]:

@@ -89,7 +89,8 @@ class MonitorState:
             return []
         positive = None
         if p.probabilities is not None and len(p.probabilities) == 2:
-            positive = sorted(p.probabilities)[1]
+            first, second = p.probabilities  # the positive class sorts last, as in sklearn
+            positive = max(first, second)
         pending = PendingPrediction(p.model_name, p.model_version, p.label, p.event_time, positive)
         outcome = self.join_for(partition).add_prediction(p.event_id, pending)
         return [] if outcome is None else self._on_outcome(outcome, now_ms)
@@ -116,8 +117,16 @@ class MonitorState:
                 ConceptDrift(c.detector),
                 VersionAlerts(outcome.model_name, outcome.model_version),
             )
-        state.performance.add(outcome)
+        performance = state.performance
+        performance.add(outcome)
         drifted = state.drift.update(correct=outcome.correct)
+        if not state.alerts.may_fire(
+            self.config.rules,
+            drifted=drifted,
+            window_size=len(performance.recent),
+            window_correct=performance.correct,
+        ):
+            return []
         alerts = state.alerts.on_outcome(
             self.config.rules,
             state.performance.snapshot(time_windows=False),

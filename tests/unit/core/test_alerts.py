@@ -120,3 +120,20 @@ def test_feature_drift_flags_only_the_shifted_feature() -> None:
             break
     assert found_at is not None
     assert found_at < 200
+
+
+def test_may_fire_is_false_only_when_on_outcome_would_raise_nothing() -> None:
+    rng = np.random.default_rng(3)
+    quick, full = VersionAlerts("m", 1), VersionAlerts("m", 1)
+    for joined in range(1, 3000):
+        size = min(joined, 1000)
+        correct = int(size * rng.uniform(0.6, 1.0))
+        drifted = bool(rng.random() < 0.01)
+        snapshot = Snapshot(joined, size, correct / size, None, None, None, 0.9, {})
+        expected = full.on_outcome(RULES, snapshot, drifted=drifted, detector="d", now_ms=0)
+        if quick.may_fire(RULES, drifted=drifted, window_size=size, window_correct=correct):
+            assert quick.on_outcome(RULES, snapshot, drifted=drifted, detector="d", now_ms=0) == (
+                expected
+            )
+        else:
+            assert expected == []
