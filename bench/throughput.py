@@ -50,8 +50,8 @@ FEATURES = [f"feature_{i:02d}" for i in range(20)]
 
 
 def client_settings(bootstrap: str) -> dict[str, Any]:
-    """The librdkafka settings every workload uses (the workers' own defaults)."""
-    return {"bootstrap.servers": bootstrap}
+    """The librdkafka settings every workload shares (the workers set the same by default)."""
+    return {"bootstrap.servers": bootstrap, "fetch.queue.backoff.ms": 10}
 
 
 def make_events(n: int, seed: int, start: int = 0) -> list[tuple[bytes, bytes]]:
@@ -200,8 +200,9 @@ def run_infer(cfg: dict[str, Any]) -> dict[str, Any]:
     settings = InferSettings(
         bootstrap_servers=cfg["bootstrap"], input_topic=cfg["input"], output_topic=cfg["output"],
         dlq_topic=cfg["output"] + ".dlq", group_id=f"infer-{uuid.uuid4().hex}",
-        batch_size=1000, batch_timeout_ms=20, kafka_config={}, max_value_bytes=1_048_576,
-        log_interval_s=3600,
+        batch_size=1000, batch_timeout_ms=20, kafka_config=cfg.get("kafka_config", {}),
+        max_value_bytes=1_048_576,
+        log_interval_s=3600, confirm_interval_s=cfg.get("confirm_interval_s", 0.5),
     )  # fmt: skip
     worker = InferenceWorker(settings, load_newest_good(Path(cfg["model_dir"]), None))
     assign = worker._on_assign  # noqa: SLF001 - announce readiness to the latency driver

@@ -131,6 +131,7 @@ class MonitorWorker:
             defaults={
                 "auto.offset.reset": "earliest",
                 "fetch.wait.max.ms": 50,
+                "fetch.queue.backoff.ms": 10,  # not 1 s of idling after a full local queue
                 # Smaller per-partition fetches interleave the partitions of a backlog more
                 # finely, so joined outcomes reach the rolling window closer to time order.
                 "max.partition.fetch.bytes": 262_144,
