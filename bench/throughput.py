@@ -50,8 +50,12 @@ FEATURES = [f"feature_{i:02d}" for i in range(20)]
 
 
 def client_settings(bootstrap: str) -> dict[str, Any]:
-    """The librdkafka settings every workload shares (the workers set the same by default)."""
-    return {"bootstrap.servers": bootstrap, "fetch.queue.backoff.ms": 10}
+    return {"bootstrap.servers": bootstrap}
+
+
+def consumer_settings(bootstrap: str) -> dict[str, Any]:
+    """What every workload's consumer shares (the workers set the same by default)."""
+    return {**client_settings(bootstrap), "fetch.queue.backoff.ms": 10}
 
 
 def make_events(n: int, seed: int, start: int = 0) -> list[tuple[bytes, bytes]]:
@@ -123,7 +127,8 @@ def run_passthrough(cfg: dict[str, Any]) -> dict[str, Any]:
     from confluent_kafka import Consumer, Producer  # noqa: PLC0415
 
     base = client_settings(cfg["bootstrap"])
-    consumer = Consumer({**base, "group.id": f"pass-{uuid.uuid4().hex}",
+    consumer = Consumer({**consumer_settings(cfg["bootstrap"]),
+                         "group.id": f"pass-{uuid.uuid4().hex}",
                          "auto.offset.reset": "earliest", "enable.auto.offset.store": False,
                          "fetch.wait.max.ms": 10})  # fmt: skip
     producer = Producer({**base, "enable.idempotence": True, "linger.ms": 5,
@@ -251,7 +256,7 @@ def run_monitor(cfg: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def run_latency(cfg: dict[str, Any]) -> dict[str, Any]:
+def run_latency(cfg: dict[str, Any]) -> dict[str, Any]:  # noqa: C901
     """Produce at a fixed rate while a worker (infer or passthrough) runs; measure latency."""
     from confluent_kafka import Consumer, Producer  # noqa: PLC0415
 
@@ -266,7 +271,7 @@ def run_latency(cfg: dict[str, Any]) -> dict[str, Any]:
         if line.startswith("READY"):
             break
     producer = Producer({**client_settings(cfg["bootstrap"]), "enable.idempotence": True,
-                         "linger.ms": 1})  # fmt: skip
+                         "linger.ms": 1, "queue.buffering.max.messages": 2_000_000})  # fmt: skip
     sent_at: dict[bytes, int] = {}
     rate, start = cfg["rate"], time.perf_counter()
     for i, (key, value) in enumerate(events):
@@ -275,7 +280,12 @@ def run_latency(cfg: dict[str, Any]) -> dict[str, Any]:
             if due - now > 0.001:
                 time.sleep(due - now - 0.0005)
         sent_at[key] = time.time_ns() // 1_000_000
-        producer.produce(cfg["input"], value, key, timestamp=sent_at[key])
+        while True:
+            try:
+                producer.produce(cfg["input"], value, key, timestamp=sent_at[key])
+                break
+            except BufferError:
+                producer.poll(0.001)
         producer.poll(0)
     producer.flush(30)
     worker.communicate(timeout=180)
