@@ -44,6 +44,19 @@ class InferMetrics:
         )
 
 
+class MonitorMetrics:
+    """What the monitor exposes; gauges set at each summary, alerts counted as raised."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.join = Gauge("scorestream_monitor_join", "Join counters", ["counter"], registry=r)
+        self.accuracy = Gauge(
+            "scorestream_rolling_accuracy", "Window accuracy", ["model", "version"], registry=r
+        )
+        self.alerts = Counter("scorestream_alerts", "Alerts raised", ["alert"], registry=r)
+
+
 class MetricsServer:
     """Serve /metrics and /healthz (200 once `ready()` is true) from a daemon thread."""
 

@@ -138,6 +138,14 @@ def wait_for_summary(
     raise AssertionError(f"counts never reached {expected}; last: {last}")
 
 
+def wait_until_joined_over(worker: WorkerProcess, joined: int, timeout_s: float = 60.0) -> None:
+    """Mid-stream: the monitor has joined more than `joined` outcomes."""
+    deadline = time.monotonic() + timeout_s
+    while not any(e["joined"] > joined for e in worker.events("monitor_summary")):
+        assert time.monotonic() < deadline, f"never joined more than {joined}"
+        time.sleep(0.1)
+
+
 @pytest.fixture
 def topics(new_topic: TopicFactory) -> dict[str, str]:
     return {
@@ -241,10 +249,7 @@ def test_a_killed_monitor_resumes_from_its_checkpoint_and_counts_nothing_twice(
         worker.wait_for("partitions_assigned")
         produce(kafka.bootstrap_servers, topics["predictions"], s.predictions[:half_p])
         produce(kafka.bootstrap_servers, topics["labels"], s.labels[:half_l])
-        deadline = time.monotonic() + 60
-        while not any(e["joined"] > 500 for e in worker.events("monitor_summary")):
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_until_joined_over(worker, 500)
     finally:
         worker.stop(signal.SIGKILL)  # no final checkpoint: it must resume from an older one
     produce(kafka.bootstrap_servers, topics["predictions"], s.predictions[half_p:])
@@ -297,10 +302,7 @@ def test_a_second_monitor_takes_over_partitions_with_their_state(
         first.wait_for("partitions_assigned")
         produce(kafka.bootstrap_servers, topics["predictions"], s.predictions[:half_p])
         produce(kafka.bootstrap_servers, topics["labels"], s.labels[:half_l])
-        deadline = time.monotonic() + 60
-        while not any(e["joined"] > 500 for e in first.events("monitor_summary")):
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_until_joined_over(first, 500)
         second = WorkerProcess(*monitor_args(kafka, topics, tmp_path, "--instance-id", "b"))
         second.wait_for("partitions_assigned")
         produce(kafka.bootstrap_servers, topics["predictions"], s.predictions[half_p:])

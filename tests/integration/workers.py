@@ -12,10 +12,9 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer
+from workers.kafka_io.roundtrip import Received, consume_exact
 
 
 class WorkerProcess:
@@ -79,53 +78,12 @@ class WorkerProcess:
         return code, time.monotonic() - started
 
 
-@dataclass(frozen=True)
-class Record:
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: dict[str, bytes]
-
-    def json(self) -> Any:
-        assert self.value is not None
-        return json.loads(self.value)
-
-
 def read_topic(
     bootstrap: str, topic: str, expected: int, timeout_s: float = 90.0, settle_s: float = 2.0
-) -> list[Record]:
+) -> list[Received]:
     """Read a topic from the start (read_committed) until `expected` records, then settle_s more."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"reader-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        }
-    )
-    records: list[Record] = []
-    try:
-        consumer.subscribe([topic])
-        deadline = time.monotonic() + timeout_s
-        settle_until: float | None = None
-        while time.monotonic() < deadline:
-            if settle_until is not None and time.monotonic() > settle_until:
-                break
-            for msg in consumer.consume(num_messages=1000, timeout=0.2):
-                assert msg.error() is None, msg.error()
-                partition, offset = msg.partition(), msg.offset()
-                assert partition is not None
-                assert offset is not None
-                raw_headers: list[tuple[str, bytes | None]] = msg.headers() or []  # type: ignore[assignment]
-                headers = {k: v or b"" for k, v in raw_headers}
-                records.append(Record(partition, offset, msg.key(), msg.value(), headers))
-            if len(records) >= expected and settle_until is None:
-                settle_until = time.monotonic() + settle_s
-    finally:
-        consumer.close()
-    return records
+    group = f"reader-{uuid.uuid4().hex}"
+    return consume_exact(bootstrap, topic, group, expected, timeout_s, settle_s=settle_s)
 
 
 def iter_chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

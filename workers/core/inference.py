@@ -75,7 +75,7 @@ def score_batch(
         if not keep:
             return result
     try:
-        scored = _checked(model.scorer.score(matrix), len(rows))
+        scored = _checked(model.scorer.score(matrix), len(indices))
     except Exception:  # noqa: BLE001 - a model failure is data: isolate the rows that cause it
         _score_one_by_one(matrix, indices, ids, times, model, scored_at_ms, result)
         return result

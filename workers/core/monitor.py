@@ -141,6 +141,8 @@ class MonitorState:
         if self.feature_drift is None or self.feature_alerts is None:
             return []
         moved = self.feature_drift.update(row)
+        if not moved:  # the usual case: nothing to count or raise for this event
+            return []
         joined = sum(
             s.performance.joined
             for (name, _), s in self.versions.items()

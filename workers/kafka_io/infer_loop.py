@@ -10,7 +10,6 @@ partitions to the first unconfirmed offset instead of advancing them.
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
 from collections import Counter
@@ -22,10 +21,11 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from workers.core.events import EventDecoder, InvalidEvent
 from workers.core.inference import ServingModel, score_batch
-from workers.kafka_io.admin import admin_client
+from workers.kafka_io.admin import admin_client, create_topics
 from workers.kafka_io.clients import make_consumer, make_producer, redact
 from workers.metrics import InferMetrics, MetricsServer
 from workers.model_store import LoadedModel, ModelWatcher
+from workers.process_tuning import tune_process
 
 log = structlog.get_logger("scorestream.infer")
 
@@ -46,18 +46,6 @@ class InferSettings:
     log_interval_s: float = 10.0
     confirm_interval_s: float = 0.5
     metrics_port: int | None = None
-
-
-def tune_process() -> None:
-    """Settings for a process that allocates a few objects per event, hundreds of thousands a
-    second: one BLAS/OpenMP thread (more would fight librdkafka's threads for the cores), and
-    a cycle collector that runs rarely (the per-event objects hold no cycles)."""
-    from threadpoolctl import threadpool_limits  # noqa: PLC0415
-
-    threadpool_limits(1)
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
 
 
 def serving_model(loaded: LoadedModel, max_value_bytes: int) -> ServingModel:
@@ -246,8 +234,6 @@ class InferenceWorker:
 
     def ensure_output_topics(self) -> None:
         """Create missing output topics with the input's partition count (laptop default)."""
-        from workers.kafka_io.admin import create_topics  # noqa: PLC0415
-
         metadata = admin_client(self.settings.bootstrap_servers, self.settings.kafka_config)
         topics = metadata.list_topics(timeout=30).topics
         source = topics.get(self.settings.input_topic)

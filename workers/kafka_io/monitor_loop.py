@@ -12,7 +12,6 @@ from typing import Any
 import msgspec
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from prometheus_client import Counter, Gauge
 
 from workers.checkpoint import CheckpointStore
 from workers.core.alerts import Alert, FeatureAlerts
@@ -21,9 +20,9 @@ from workers.core.events import EventDecoder, InvalidEvent
 from workers.core.monitor import MonitorConfig, MonitorState
 from workers.kafka_io.admin import admin_client
 from workers.kafka_io.clients import make_consumer, make_producer, redact
-from workers.kafka_io.infer_loop import tune_process
-from workers.metrics import MetricsServer
+from workers.metrics import MetricsServer, MonitorMetrics
 from workers.model_store import Manifest
+from workers.process_tuning import tune_process
 
 log = structlog.get_logger("scorestream.monitor")
 alert_log = structlog.get_logger("scorestream.alert")
@@ -77,19 +76,6 @@ def check_partition_counts(settings: MonitorSettings) -> int:
             f"prediction and label meet in one partition ({detail}): repartition one of them"
         )
     return next(iter(counts.values()))
-
-
-class MonitorMetrics:
-    def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry  # noqa: PLC0415
-
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.join = Gauge("scorestream_monitor_join", "Join counters", ["counter"], registry=r)
-        self.accuracy = Gauge(
-            "scorestream_rolling_accuracy", "Window accuracy", ["model", "version"], registry=r
-        )
-        self.alerts = Counter("scorestream_alerts", "Alerts raised", ["alert"], registry=r)
 
 
 class MonitorWorker:

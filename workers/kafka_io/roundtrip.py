@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
@@ -18,6 +20,9 @@ class Received:
     key: bytes | None
     value: bytes | None
     headers: dict[str, bytes]
+
+    def json(self) -> Any:  # noqa: ANN401 - whatever the JSON value holds
+        return json.loads(self.value or b"")
 
 
 def produce_all(bootstrap_servers: str, topic: str, records: Iterable[tuple[bytes, bytes]]) -> int:
@@ -53,10 +58,16 @@ def produce_all(bootstrap_servers: str, topic: str, records: Iterable[tuple[byte
     return sent
 
 
-def consume_exact(
-    bootstrap_servers: str, topic: str, group_id: str, expected: int, timeout_s: float = 60.0
+def consume_exact(  # noqa: PLR0913
+    bootstrap_servers: str,
+    topic: str,
+    group_id: str,
+    expected: int,
+    timeout_s: float = 60.0,
+    *,
+    settle_s: float = 1.0,
 ) -> list[Received]:
-    """Read `expected` records as a consumer group, then a little longer to catch extras."""
+    """Read `expected` records as a consumer group, then `settle_s` longer to catch extras."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap_servers,
@@ -88,7 +99,7 @@ def consume_exact(
                 headers = {k: v or b"" for k, v in raw_headers}
                 received.append(Received(partition, offset, msg.key(), msg.value(), headers))
             if len(received) >= expected and quiet_until is None:
-                quiet_until = time.monotonic() + 1.0
+                quiet_until = time.monotonic() + settle_s
         if received:
             consumer.commit(asynchronous=False)
     finally:
