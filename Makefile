@@ -45,7 +45,7 @@ check: lint types test ## everything CI runs: lint, types, tests
 
 .PHONY: bench
 bench: venv ## throughput, latency and memory beside a passthrough and a naive loop (real broker)
-	$(BIN)/python bench/throughput.py
+	$(BIN)/scorestream bench
 
 .PHONY: bench-drift
 bench-drift: venv ## drift-detection quality: 30 seeds per stream, default detector beside ADWIN

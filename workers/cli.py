@@ -176,7 +176,33 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     _add_train_parser(commands, environ)
     _add_infer_parser(commands, environ)
     _add_monitor_parser(commands, environ)
+    _add_bench_parser(commands, environ)
     return parser
+
+
+def _add_bench_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN401
+    from workers.benchmark import add_arguments  # noqa: PLC0415 - argparse only, no Kafka
+
+    bench = commands.add_parser(
+        "bench",
+        help="measure throughput, latency and memory beside a passthrough and a naive loop",
+        description="Against a real broker (SCORESTREAM_BOOTSTRAP_SERVERS, or a local one "
+        "started on port 39092 and stopped after): preload --events events, then measure "
+        "(a) a bare passthrough, (b) a naive one-message loop, (c) infer with logistic "
+        "regression, (d) infer with 100-tree HistGradientBoosting, (e) the monitor; latency "
+        "at half of (c)'s maximum beside (a); bytes per pending prediction in the monitor. "
+        "Prints a table with PASS/MISS per target and writes --out. Takes about 5 minutes "
+        "(--quick: seconds). Exit 1 when a target is missed.",
+    )
+    add_arguments(bench)
+    _add_logging_options(bench, environ)
+    bench.set_defaults(handler=_bench)
+
+
+def _bench(args: argparse.Namespace, _environ: Mapping[str, str]) -> int:
+    from workers.benchmark import run  # noqa: PLC0415
+
+    return run(args)
 
 
 def _add_kafka_options(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:

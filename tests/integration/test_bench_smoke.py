@@ -1,4 +1,4 @@
-"""`make bench` keeps working: its quick mode runs every workload against the test broker."""
+"""`scorestream bench` (`make bench`) keeps working: its quick mode runs every workload."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def test_throughput_bench_quick_mode_runs_every_workload(
 ) -> None:
     out = tmp_path / "throughput.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "throughput.py"), "--quick", "--out", str(out)],
+        [str(Path(sys.executable).parent / "scorestream"), "bench", "--quick", "--out", str(out)],
         env={**os.environ, "SCORESTREAM_BOOTSTRAP_SERVERS": kafka.bootstrap_servers},
         capture_output=True, text=True, timeout=600, check=False, cwd=ROOT,
     )  # fmt: skip
@@ -31,7 +31,10 @@ def test_throughput_bench_quick_mode_runs_every_workload(
     assert workloads["e monitor"]["joined"] == result["events"]
     assert set(result["latency"]) == {"c infer-lr", "a passthrough"}
     assert result["memory"]["bytes_per_pending"] > 0
-    assert "(c) >= 0.6 x (a)" in result["checks"]
+    assert set(result["checks"]) == {"(c) >= 0.6 x (a)", "(d) >= 0.4 x (a)", "(c) >= 50 x (b)",
+                                     "p99 (c) <= p99 (a) + 10 ms", "(e) >= 0.5 x (a)",
+                                     "<= 300 bytes per pending prediction"}  # fmt: skip
+    assert result["machine"]["cpus"] == os.cpu_count()
 
 
 def test_drift_bench_runs_and_reports_every_check(tmp_path: Path) -> None:

@@ -1,0 +1,651 @@
+"""Throughput, latency and memory of scorestream beside a bare passthrough and a naive loop.
+
+Everything runs against a real broker, in the same run, with the same client settings:
+
+  a. passthrough  consume in batches, produce the raw bytes to another topic (the ceiling)
+  b. naive        poll one message, json.loads, predict_proba on one row, json.dumps, produce,
+                  commit per message (the hand-written loop scorestream replaces)
+  c. infer-lr     scorestream's inference worker, logistic-regression pipeline
+  d. infer-hgb    scorestream's inference worker, 100-tree HistGradientBoosting
+  e. monitor      scorestream's monitor on a joined prediction + label stream
+
+Each workload runs in its own process (so CPU seconds and peak RSS are its own) and is timed
+from its first record to its last. Latency: events produced at 50% of (c)'s measured maximum
+rate, from the producer's timestamp to the output's broker (LogAppendTime) timestamp, for (c)
+and (a) at the same rate. Memory: bytes per pending prediction in the monitor's join at 1M.
+
+    scorestream bench [--events 200000] [--partitions 4] [--out FILE] [--quick] [--only c,latency]
+
+Uses SCORESTREAM_BOOTSTRAP_SERVERS when set, otherwise starts a local broker and stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+# BLAS/OpenMP threads fight librdkafka's for two cores; the workers pin them to 1 as well.
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(var, "1")
+
+import numpy as np  # noqa: E402
+
+FEATURES = [f"feature_{i:02d}" for i in range(20)]
+
+
+# -- shared helpers -------------------------------------------------------------------------
+
+
+def client_settings(bootstrap: str) -> dict[str, Any]:
+    return {"bootstrap.servers": bootstrap}
+
+
+def consumer_settings(bootstrap: str) -> dict[str, Any]:
+    """What every workload's consumer shares (the workers set the same by default)."""
+    return {**client_settings(bootstrap), "fetch.queue.backoff.ms": 10}
+
+
+def make_events(n: int, seed: int, start: int = 0) -> list[tuple[bytes, bytes]]:
+    rng = np.random.default_rng(seed)
+    values = np.round(rng.normal(0, 1, (n, len(FEATURES))), 4).tolist()
+    out = []
+    for i, row in enumerate(values, start=start):
+        event_id = f"evt-{i:09d}"
+        body = {"event_id": event_id, "features": dict(zip(FEATURES, row, strict=True))}
+        out.append((event_id.encode(), json.dumps(body).encode()))
+    return out
+
+
+def usage() -> tuple[float, int]:
+    """CPU seconds and peak RSS of this process (VmHWM: ru_maxrss would carry the parent's)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    with open("/proc/self/status") as f:  # noqa: PTH123
+        hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return r.ru_utime + r.ru_stime, hwm * 1024
+
+
+class Clock:
+    """Marks the first and the n-th processed record, with CPU time at both."""
+
+    def __init__(self) -> None:
+        self.t0: float | None = None
+        self.cpu0 = 0.0
+        self.t1: float | None = None
+        self.cpu1 = 0.0
+
+    def start(self) -> None:
+        if self.t0 is None:
+            self.t0, self.cpu0 = time.perf_counter(), usage()[0]
+
+    def stop(self) -> None:
+        if self.t1 is None:
+            self.t1, self.cpu1 = time.perf_counter(), usage()[0]
+
+    def result(self, events: int) -> dict[str, Any]:
+        assert self.t0 is not None
+        assert self.t1 is not None
+        seconds = self.t1 - self.t0
+        return {
+            "events": events,
+            "seconds": round(seconds, 3),
+            "events_per_s": round(events / seconds, 1),
+            "cpu_s_per_million": round((self.cpu1 - self.cpu0) / events * 1e6, 2),
+            "peak_rss_mb": round(usage()[1] / 2**20, 1),
+        }
+
+
+def watch(counter: Callable[[], int], n: int, clock: Clock, stop: threading.Event) -> None:
+    """Mark the clock from another thread as the counter moves; stop at n."""
+    while not stop.is_set():
+        seen = counter()
+        if seen > 0:
+            clock.start()
+        if seen >= n:
+            clock.stop()
+            stop.set()
+            return
+        time.sleep(0.01)  # often enough to time, rarely enough not to steal the GIL
+
+
+# -- workloads (each in its own process) ----------------------------------------------------
+
+
+def run_passthrough(cfg: dict[str, Any]) -> dict[str, Any]:
+    from confluent_kafka import Consumer, Producer  # noqa: PLC0415
+
+    base = client_settings(cfg["bootstrap"])
+    consumer = Consumer({**consumer_settings(cfg["bootstrap"]),
+                         "group.id": f"pass-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "enable.auto.offset.store": False,
+                         "fetch.wait.max.ms": 10})  # fmt: skip
+    producer = Producer({**base, "enable.idempotence": True, "linger.ms": 5,
+                         "batch.num.messages": 10000, "delivery.report.only.error": True,
+                         "queue.buffering.max.messages": 1_000_000})  # fmt: skip
+    consumer.subscribe([cfg["input"]], on_assign=lambda *_: print("READY", flush=True))
+    clock, seen, n, out = Clock(), 0, cfg["events"], cfg["output"]
+    deadline = time.monotonic() + cfg.get("max_seconds", 300)
+    while seen < n and time.monotonic() < deadline:
+        msgs = consumer.consume(num_messages=1000, timeout=0.02)
+        if not msgs:
+            continue
+        clock.start()
+        for m in msgs:
+            try:
+                producer.produce(out, m.value(), m.key())
+            except BufferError:
+                producer.poll(0.05)
+                producer.produce(out, m.value(), m.key())
+        producer.poll(0)
+        consumer.store_offsets(msgs[-1])
+        seen += len(msgs)
+    producer.flush(60)
+    clock.stop()
+    consumer.close()
+    return clock.result(seen)
+
+
+def run_naive(cfg: dict[str, Any]) -> dict[str, Any]:
+    import joblib  # noqa: PLC0415
+    from confluent_kafka import Consumer, Producer  # noqa: PLC0415
+
+    model = joblib.load(cfg["model_file"])
+    base = client_settings(cfg["bootstrap"])
+    consumer = Consumer(
+        {
+            **base,
+            "group.id": f"naive-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    producer = Producer({**base, "enable.idempotence": True})
+    consumer.subscribe([cfg["input"]])
+    clock, seen, n = Clock(), 0, cfg["events"]
+    while seen < n:
+        msg = consumer.poll(0.1)
+        if msg is None or msg.error() is not None:
+            continue
+        clock.start()
+        event = json.loads(msg.value() or b"")
+        row = [[event["features"][f] for f in FEATURES]]
+        proba = model.predict_proba(row)[0]
+        best = int(proba.argmax())
+        prediction = {
+            "event_id": event["event_id"],
+            "label": int(model.classes_[best]),
+            "score": float(proba[best]),
+        }
+        producer.produce(cfg["output"], json.dumps(prediction).encode(), msg.key())
+        producer.poll(0)
+        consumer.commit(message=msg, asynchronous=True)
+        seen += 1
+    producer.flush(60)
+    clock.stop()
+    consumer.close()
+    return clock.result(seen)
+
+
+def run_infer(cfg: dict[str, Any]) -> dict[str, Any]:
+    from workers.kafka_io.infer_loop import InferenceWorker, InferSettings  # noqa: PLC0415
+    from workers.model_store import load_newest_good  # noqa: PLC0415
+
+    settings = InferSettings(
+        bootstrap_servers=cfg["bootstrap"], input_topic=cfg["input"], output_topic=cfg["output"],
+        dlq_topic=cfg["output"] + ".dlq", group_id=f"infer-{uuid.uuid4().hex}",
+        batch_size=1000, batch_timeout_ms=20, kafka_config=cfg.get("kafka_config", {}),
+        max_value_bytes=1_048_576,
+        log_interval_s=3600, confirm_interval_s=cfg.get("confirm_interval_s", 0.5),
+    )  # fmt: skip
+    worker = InferenceWorker(settings, load_newest_good(Path(cfg["model_dir"]), None))
+    assign = worker._on_assign  # noqa: SLF001 - announce readiness to the latency driver
+
+    def on_assign(*a: Any) -> None:  # noqa: ANN401
+        assign(*a)
+        print("READY", flush=True)
+
+    worker._on_assign = on_assign  # type: ignore[method-assign,assignment]  # noqa: SLF001
+    clock, stop = Clock(), threading.Event()
+    threading.Thread(
+        target=watch, args=(lambda: worker.stats.consumed, cfg["events"], clock, stop), daemon=True
+    ).start()
+    if cfg.get("max_seconds"):
+        limit = threading.Timer(cfg["max_seconds"], stop.set)
+        limit.daemon = True  # must not keep the process alive once the work is done
+        limit.start()
+    worker.run(stop)  # returns after the final flush and commit
+    clock.stop()
+    return clock.result(worker.stats.consumed)
+
+
+def run_monitor(cfg: dict[str, Any]) -> dict[str, Any]:
+    from workers.core.monitor import MonitorConfig  # noqa: PLC0415
+    from workers.kafka_io.monitor_loop import MonitorSettings, MonitorWorker  # noqa: PLC0415
+
+    settings = MonitorSettings(
+        bootstrap_servers=cfg["bootstrap"], predictions_topic=cfg["predictions"],
+        labels_topic=cfg["labels"], alerts_topic=cfg["alerts"],
+        group_id=f"monitor-{uuid.uuid4().hex}", kafka_config={},
+        state_dir=Path(tempfile.mkdtemp()), config=MonitorConfig(), log_interval_s=3600,
+        checkpoint_interval_s=5,
+    )  # fmt: skip
+    worker = MonitorWorker(settings)
+    clock, stop = Clock(), threading.Event()
+    records = 2 * cfg["events"]  # a prediction and a label per event
+
+    def consumed() -> int:
+        return sum(worker.offsets.values())
+
+    threading.Thread(target=watch, args=(consumed, records, clock, stop), daemon=True).start()
+    worker.run(stop)
+    clock.stop()
+    result = clock.result(records)
+    result["joined"] = worker.last_counters.get("joined", 0)
+    return result
+
+
+def run_latency(cfg: dict[str, Any]) -> dict[str, Any]:  # noqa: C901
+    """Produce at a fixed rate while a worker (infer or passthrough) runs; measure latency."""
+    from confluent_kafka import Consumer, Producer  # noqa: PLC0415
+
+    events = make_events(cfg["events"], seed=9, start=10_000_000)
+    # linger.ms as the workers' producers: at 1 ms an idempotent producer's five in-flight
+    # requests per partition carry too little each and the stream queues up at ~90k/s.
+    producer = Producer({**client_settings(cfg["bootstrap"]), "enable.idempotence": True,
+                         "linger.ms": 5, "queue.buffering.max.messages": 2_000_000})  # fmt: skip
+    # Connected, metadata known, producer id acquired (a fresh broker may answer "coordinator
+    # load in progress" for a second): otherwise the first events wait in this producer's
+    # queue and the backlog is blamed on the worker under test.
+    producer.produce(cfg["warmup"], b"warm-up")
+    producer.flush(30)
+    producer.list_topics(cfg["input"], timeout=30)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "workers.benchmark", "--workload", cfg["worker"], "--config",
+         json.dumps({**cfg["worker_cfg"], "events": len(events), "max_seconds": 120})],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert worker.stdout is not None
+    for line in worker.stdout:  # the worker has joined its group: the stream may start
+        if line.startswith("READY"):
+            break
+    sent_at: dict[bytes, int] = {}
+    rate, start, i = cfg["rate"], time.perf_counter(), 0
+    # Paced in 1 ms steps: each step produces what is due by then and sleeps. Spinning on the
+    # clock per event would burn a core the broker and the worker under test need.
+    while i < len(events):
+        due = min(len(events), int((time.perf_counter() - start) * rate) + 1)
+        now_ms = time.time_ns() // 1_000_000
+        for key, value in events[i:due]:
+            sent_at[key] = now_ms
+            while True:
+                try:
+                    producer.produce(cfg["input"], value, key, timestamp=now_ms)
+                    break
+                except BufferError:
+                    producer.poll(0.001)
+        i = due
+        producer.poll(0)
+        time.sleep(0.001)
+    producer.flush(30)
+    worker.communicate(timeout=180)
+    if worker.returncode != 0:
+        raise RuntimeError(f"latency worker {cfg['worker']} exited {worker.returncode}")
+    consumer = Consumer({**client_settings(cfg["bootstrap"]), "group.id": uuid.uuid4().hex,
+                         "auto.offset.reset": "earliest"})  # fmt: skip
+    consumer.subscribe([cfg["output"]])
+    # The first fifth warms up (group join, first fetch, JIT in the broker): not measured.
+    measured = {key for key, _ in events[len(events) // 5 :]}
+    latencies: list[int] = []
+    deadline = time.monotonic() + 60
+    while len(latencies) < len(measured) and time.monotonic() < deadline:
+        for m in consumer.consume(1000, timeout=0.5):
+            out_key = m.key()
+            if m.error() is None and out_key is not None and out_key in measured:
+                latencies.append(m.timestamp()[1] - sent_at[out_key])
+    consumer.close()
+    lat = np.array(latencies)
+    return {
+        "rate": rate,
+        "events": len(latencies),
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "p999_ms": float(np.percentile(lat, 99.9)),
+    }
+
+
+def run_memory(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Bytes per pending prediction in the monitor's join, at `pending` of them."""
+    from workers.core.label_join import LabelJoin, PendingPrediction  # noqa: PLC0415
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:  # noqa: PTH123
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    n = cfg["pending"]
+    join = LabelJoin(3_600_000, 600_000, n + 1)
+    gc.collect()
+    before = rss()
+    model = sys.intern("fraud-model")
+    for i in range(n):
+        join.add_prediction(
+            f"evt-{i:09d}", PendingPrediction(model, 3, i % 2 == 0, 1_700_000_000_000 + i, "1")
+        )
+    gc.collect()
+    after = rss()
+    assert len(join.predictions) == n
+    return {"pending": n, "bytes_per_pending": round((after - before) / n, 1)}
+
+
+WORKLOADS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "passthrough": run_passthrough,
+    "naive": run_naive,
+    "infer": run_infer,
+    "monitor": run_monitor,
+    "latency": run_latency,
+    "memory": run_memory,
+}
+
+
+def median_of(
+    repeat: int, workload: str, make_cfg: Callable[[int], dict[str, Any]]
+) -> dict[str, Any]:
+    """Run a workload `repeat` times (fresh topics each time) and keep the median run."""
+    runs = sorted(
+        (in_subprocess(workload, make_cfg(i)) for i in range(repeat)),
+        key=lambda r: float(r["events_per_s"]),
+    )
+    best = dict(runs[len(runs) // 2])
+    best["runs_events_per_s"] = [r["events_per_s"] for r in runs]
+    return best
+
+
+def in_subprocess(workload: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "workers.benchmark", "--workload", workload, "--config",
+         json.dumps(cfg)],
+        capture_output=True, text=True, check=False, timeout=900,
+    )  # fmt: skip
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{workload} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
+    return result
+
+
+# -- the orchestration ----------------------------------------------------------------------
+
+
+def prepare_models(root: Path) -> dict[str, Path]:
+    from sklearn.datasets import make_classification  # noqa: PLC0415
+
+    from workers.training import Dataset, train_on  # noqa: PLC0415
+
+    x, y = make_classification(n_samples=20_000, n_features=20, n_informative=10, random_state=0)
+    data = Dataset("synthetic20", FEATURES, x.astype(np.float64), y)
+    return {
+        "lr": train_on("bench_lr", root, data, estimator="logistic_regression"),
+        "hgb": train_on("bench_hgb", root, data, estimator="hist_gradient_boosting"),
+    }
+
+
+def preload_joined(bootstrap: str, topics: dict[str, str], n: int) -> None:
+    from workers.kafka_io.roundtrip import produce_all  # noqa: PLC0415
+
+    base = 1_700_000_000_000
+    predictions, labels = [], []
+    for i in range(n):
+        event_id = f"evt-{i:09d}"
+        p = {"event_id": event_id, "model_name": "bench_lr", "model_version": 1,
+             "label": i % 2, "score": 0.8, "probabilities": {"0": 0.2, "1": 0.8},
+             "event_time": base + i, "scored_at": base + i}  # fmt: skip
+        predictions.append((event_id.encode(), json.dumps(p).encode()))
+        label = {"event_id": event_id, "label": (i // 3) % 2, "label_time": base + i + 5}
+        labels.append((event_id.encode(), json.dumps(label).encode()))
+    produce_all(bootstrap, topics["predictions"], predictions)
+    produce_all(bootstrap, topics["labels"], labels)
+
+
+WORKLOAD_KEYS = ("a", "b", "c", "d", "e", "latency", "memory")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The bench's options: shared by `scorestream bench` and `python -m workers.benchmark`."""
+    parser.add_argument("--events", type=int, default=200_000, help="events preloaded (200000)")
+    parser.add_argument("--partitions", type=int, default=4, help="partitions per topic (4)")
+    parser.add_argument("--naive-events", type=int, default=5000, help="events for (b) (5000)")
+    parser.add_argument("--pending", type=int, default=1_000_000,
+                        help="pending predictions for the memory figure (1000000)")  # fmt: skip
+    parser.add_argument("--repeat", type=int, default=3, help="runs per workload, median kept (3)")
+    parser.add_argument(
+        "--only",
+        default=",".join(WORKLOAD_KEYS),
+        help="comma-separated subset of a,b,c,d,e,latency,memory (all); latency needs c's "
+        "maximum and measures it when c is not listed",
+    )
+    parser.add_argument(
+        "--latency-rate",
+        type=int,
+        help="events/s for the latency runs (default: half of (c)'s measured maximum)",
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run for CI")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench/results/throughput.json"),
+        help="where the JSON results go (bench/results/throughput.json)",
+    )
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:  # noqa: PTH123
+        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"cpus": os.cpu_count(), "cpu": cpu, "memory_gb": round(memory_gb, 1),
+            "python": sys.version.split()[0], "platform": platform.platform()}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    parser.add_argument("--workload", help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.workload:
+        print("RESULT " + json.dumps(WORKLOADS[args.workload](json.loads(args.config))))
+        return 0
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start a broker unless one is configured, run the selected workloads, report, save."""
+    from workers.local_kafka import cluster  # noqa: PLC0415
+    from workers.local_kafka.layout import ClusterLayout  # noqa: PLC0415
+    from workers.local_kafka.runtime import default_cache_dir  # noqa: PLC0415
+
+    if args.quick:
+        args.events, args.naive_events, args.pending, args.repeat = 5000, 300, 20_000, 1
+    only = {k.strip() for k in args.only.split(",") if k.strip()}
+    if unknown := only - set(WORKLOAD_KEYS):
+        print(f"--only: unknown {sorted(unknown)}; choose from {','.join(WORKLOAD_KEYS)}")
+        return 2
+    scratch = Path(tempfile.mkdtemp(prefix="scorestream-bench-"))
+    bootstrap = os.environ.get("SCORESTREAM_BOOTSTRAP_SERVERS")
+    layout = None
+    if not bootstrap:
+        layout = ClusterLayout(1, 39092, scratch / "kafka")
+        bootstrap = cluster.start(layout, default_cache_dir(), os.environ.get("KAFKA_HOME"),
+                                  detach=False).bootstrap_servers  # fmt: skip
+    results: dict[str, Any] = {"machine": machine(), "events": args.events,
+                               "partitions": args.partitions, "workloads": {}}  # fmt: skip
+    print("machine:", describe_machine(results["machine"]))
+    try:
+        Bench(args, bootstrap, scratch, results).run(only)
+    finally:
+        if layout is not None:
+            cluster.stop(layout)
+    ok = report(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written {args.out}")
+    return 0 if ok or args.quick else 1
+
+
+def describe_machine(m: dict[str, Any]) -> str:
+    return f"{m['cpus']} CPUs ({m['cpu']}), {m['memory_gb']} GB, Python {m['python']}"
+
+
+class Bench:
+    def __init__(
+        self, args: argparse.Namespace, bootstrap: str, scratch: Path, results: dict[str, Any]
+    ) -> None:
+        self.args = args
+        self.bootstrap = bootstrap
+        self.results = results
+        self.run_id = uuid.uuid4().hex[:6]
+        self.models = prepare_models(scratch / "models")
+        self.common: dict[str, Any] = {"bootstrap": bootstrap, "events": args.events}
+
+    def topic(self, name: str, *, dlq: bool = True, config: dict[str, str] | None = None) -> str:
+        from workers.kafka_io.admin import create_topics  # noqa: PLC0415
+
+        topic = f"bench-{self.run_id}.{name}"
+        wanted = {topic: self.args.partitions} | ({topic + ".dlq": 1} if dlq else {})
+        create_topics(self.bootstrap, wanted, config=config)
+        return topic
+
+    def run(self, only: set[str]) -> None:
+        from workers.kafka_io.roundtrip import produce_all  # noqa: PLC0415
+
+        w, rep = self.results["workloads"], self.args.repeat
+        if only & {"a", "b", "c", "d", "latency"}:
+            source = self.topic("features", dlq=False)
+            events = make_events(self.args.events, seed=1)
+            self.results["event_bytes"] = round(sum(len(v) for _, v in events) / len(events), 1)
+            produce_all(self.bootstrap, source, events)
+            print(f"preloaded {len(events)} events of ~{self.results['event_bytes']:.0f} B")
+            self.common["input"] = source
+            # A broker just started runs its JIT cold: warm it with one unmeasured pass of each
+            # kind, or whichever workload runs first is slowed by the broker, not by itself.
+            in_subprocess("passthrough", {**self.common, "output": self.topic("warm-pass")})
+            in_subprocess("infer", self.infer_cfg("lr", "warm-infer"))
+        if "a" in only:
+            w["a passthrough"] = median_of(rep, "passthrough", lambda i: {
+                **self.common, "output": self.topic(f"pass{i}")})  # fmt: skip
+            print("a", w["a passthrough"])
+        if "b" in only:
+            w["b naive"] = in_subprocess("naive", {
+                **self.common, "events": self.args.naive_events, "output": self.topic("naive"),
+                "model_file": str(self.models["lr"] / "model.joblib")})  # fmt: skip
+            print("b", w["b naive"])
+        if "c" in only or ("latency" in only and not self.args.latency_rate):
+            w["c infer-lr"] = median_of(rep, "infer", lambda i: self.infer_cfg("lr", f"lr{i}"))
+            print("c", w["c infer-lr"])
+        if "d" in only:
+            w["d infer-hgb"] = median_of(rep, "infer", lambda i: self.infer_cfg("hgb", f"hgb{i}"))
+            print("d", w["d infer-hgb"])
+        if "e" in only:
+            joined = {"predictions": self.topic("predictions", dlq=False),
+                      "labels": self.topic("labels", dlq=False)}  # fmt: skip
+            preload_joined(self.bootstrap, joined, self.args.events)
+            w["e monitor"] = median_of(rep, "monitor", lambda i: {
+                **self.common, **joined,
+                "alerts": self.topic(f"alerts{i}", dlq=False)})  # fmt: skip
+            print("e", w["e monitor"])
+        if "latency" in only:
+            self.latency(self.args.latency_rate or int(w["c infer-lr"]["events_per_s"] * 0.5))
+        if "memory" in only:
+            self.results["memory"] = in_subprocess("memory", {"pending": self.args.pending})
+            print("memory", self.results["memory"])
+
+    def infer_cfg(self, model: str, name: str) -> dict[str, Any]:
+        return {**self.common, "output": self.topic(name),
+                "model_dir": str(self.models[model].parent)}  # fmt: skip
+
+    def latency(self, rate: int) -> None:
+        latency = self.results.setdefault("latency", {})
+        for name, worker, extra in (
+            ("c infer-lr", "infer", {"model_dir": str(self.models["lr"].parent)}),
+            ("a passthrough", "passthrough", {}),
+        ):
+            topic_in = self.topic(f"lat-{worker}.in", dlq=False)
+            topic_out = self.topic(f"lat-{worker}.out",
+                                   config={"message.timestamp.type": "LogAppendTime"})  # fmt: skip
+            latency[name] = in_subprocess("latency", {
+                "bootstrap": self.bootstrap, "input": topic_in, "output": topic_out,
+                "warmup": self.topic(f"lat-{worker}.warmup", dlq=False),
+                "rate": rate, "events": min(rate * 10, self.args.events), "worker": worker,
+                "worker_cfg": {"bootstrap": self.bootstrap, "input": topic_in,
+                               "output": topic_out, **extra}})  # fmt: skip
+            print("latency", name, latency[name])
+
+
+def targets(results: dict[str, Any]) -> dict[str, bool]:
+    """Issue 5's targets, for the workloads that were measured."""
+    w, lat, mem = results["workloads"], results.get("latency", {}), results.get("memory")
+    rate = {k[0]: r["events_per_s"] for k, r in w.items()}
+    a, b = rate.get("a"), rate.get("b")
+    checks: dict[str, bool] = {}
+    if a and "c" in rate:
+        checks["(c) >= 0.6 x (a)"] = rate["c"] >= 0.6 * a
+    if a and "d" in rate:
+        checks["(d) >= 0.4 x (a)"] = rate["d"] >= 0.4 * a
+    if b and "c" in rate:
+        checks["(c) >= 50 x (b)"] = rate["c"] >= 50 * b
+    if "c infer-lr" in lat and "a passthrough" in lat:
+        checks["p99 (c) <= p99 (a) + 10 ms"] = (
+            lat["c infer-lr"]["p99_ms"] <= lat["a passthrough"]["p99_ms"] + 10
+        )
+    if a and "e" in rate:
+        checks["(e) >= 0.5 x (a)"] = rate["e"] >= 0.5 * a
+    if mem:
+        checks["<= 300 bytes per pending prediction"] = mem["bytes_per_pending"] <= 300
+    return checks
+
+
+def report(results: dict[str, Any]) -> bool:
+    """Print the table and the targets; True when every target measured is met."""
+    w = results["workloads"]
+    a = w.get("a passthrough", {}).get("events_per_s")
+    b = w.get("b naive", {}).get("events_per_s")
+
+    def ratio(value: float, base: float | None, fmt: str) -> str:
+        return format(value / base, fmt) if base else "-"
+
+    print(f"\n{'workload':16} {'events/s':>10} {'x (a)':>7} {'x (b)':>8} "
+          f"{'CPU s/M':>8} {'RSS MB':>7}")  # fmt: skip
+    for name, r in w.items():
+        print(f"{name:16} {r['events_per_s']:>10.0f} {ratio(r['events_per_s'], a, '.2f'):>7} "
+              f"{ratio(r['events_per_s'], b, '.1f'):>8} {r['cpu_s_per_million']:>8.1f} "
+              f"{r['peak_rss_mb']:>7.0f}")  # fmt: skip
+    lat = results.get("latency", {})
+    for name, r in lat.items():
+        print(f"latency {name:14} at {r['rate']}/s: p50 {r['p50_ms']:.1f} ms, "
+              f"p99 {r['p99_ms']:.1f} ms, p999 {r['p999_ms']:.1f} ms")  # fmt: skip
+    mem = results.get("memory")
+    if mem:
+        print(f"monitor: {mem['bytes_per_pending']:.0f} bytes per pending prediction at "
+              f"{mem['pending']:,} pending")  # fmt: skip
+    checks = targets(results)
+    for name, ok in checks.items():
+        print(f"{'PASS' if ok else 'MISS'}  {name}")
+    print("machine:", describe_machine(results["machine"]))
+    results["checks"] = checks
+    return all(checks.values())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
