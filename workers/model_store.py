@@ -313,6 +313,7 @@ class ModelWatcher:
                 model=loaded.manifest.name,
                 version=version,
                 sha256=loaded.manifest.sha256,
+                compiled_trees=getattr(loaded.scorer, "accelerated", False),
             )
             return
 

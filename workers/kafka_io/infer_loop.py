@@ -262,6 +262,7 @@ class InferenceWorker:
             model=self.model.name,
             model_version=self.model.version,
             model_sha256=self.model_sha256,
+            compiled_trees=getattr(self.model.scorer, "accelerated", False),
         )
         self.consumer.subscribe(
             [s.input_topic],
