@@ -348,7 +348,26 @@ def _add_infer_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noq
         environ=environ,
         choices=("at-least-once", "exactly-once"),
         default="at-least-once",
-        help="delivery guarantee",
+        help="at-least-once: every event scored, a crash may repeat some predictions; "
+        "exactly-once: predictions, dead letters and offsets commit in Kafka transactions, "
+        "read them with isolation.level=read_committed",
+    )
+    add_option(
+        infer,
+        "--instance-id",
+        environ=environ,
+        help="a name for this worker that survives its restarts (e.g. the pod name of a "
+        "StatefulSet): static group membership, so a restart takes its partitions back "
+        "without a rebalance, and with exactly-once its transactional.id, so a restart "
+        "fences the previous incarnation at once. Unique per live worker.",
+    )
+    add_option(
+        infer,
+        "--transaction-interval-ms",
+        environ=environ,
+        type=_positive_int,
+        default=100,
+        help="exactly-once: micro-batches committed per transaction span at most this long",
     )
     add_option(
         infer,
@@ -652,10 +671,6 @@ def _infer(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
     if args.model is None:
         raise SettingsError("--model is required (or SCORESTREAM_MODEL), e.g. models/NAME")
-    if args.processing_guarantee == "exactly-once":
-        raise SettingsError(
-            "--processing-guarantee exactly-once is not available yet; use at-least-once"
-        )
     settings = InferSettings(
         bootstrap_servers=args.bootstrap_servers,
         input_topic=args.input_topic,
@@ -668,6 +683,9 @@ def _infer(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         max_value_bytes=args.max_value_bytes,
         log_interval_s=args.log_interval_s,
         metrics_port=args.metrics_port,
+        exactly_once=args.processing_guarantee == "exactly-once",
+        instance_id=args.instance_id,
+        transaction_interval_ms=args.transaction_interval_ms,
     )
     stop = threading.Event()
     install_stop_handlers(stop)

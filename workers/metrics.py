@@ -42,6 +42,14 @@ class InferMetrics:
         self.rewinds = Counter(
             "scorestream_delivery_rewinds", "Rewinds after a failed delivery", registry=r
         )
+        self.transactions = Counter(
+            "scorestream_transactions", "Transactions (exactly-once)", ["outcome"], registry=r
+        )
+        self.paused = Gauge(
+            "scorestream_paused_partitions",
+            "Input partitions held back because the DLQ refused their dead letters",
+            registry=r,
+        )
 
 
 class MonitorMetrics:

@@ -8,7 +8,6 @@ from pathlib import Path
 from types import FrameType
 
 import structlog
-from confluent_kafka import KafkaException
 
 from workers.kafka_io.infer_loop import InferenceWorker, InferSettings
 from workers.model_store import ModelError, ModelWatcher, load_newest_good
@@ -49,15 +48,5 @@ def run_infer(
         watcher = ModelWatcher(model_dir, loaded.manifest, model_poll_s)
         watcher.start()
     worker = InferenceWorker(settings, loaded, watcher)
-    try:
-        worker.ensure_output_topics()
-    except KafkaException as exc:
-        worker.consumer.close()
-        if watcher is not None:
-            watcher.stop()
-        raise StartupError(
-            f"cannot reach Kafka at {settings.bootstrap_servers}: {exc.args[0].str()}; "
-            "check --bootstrap-servers (start a local one with `scorestream broker start`)"
-        ) from exc
-    worker.run(stop)
+    worker.run(stop)  # waits, with logged retries, for brokers that are not up yet
     return 0

@@ -61,6 +61,14 @@ def infer_args(
     ]  # fmt: skip
 
 
+GUARANTEES = ["at-least-once", "exactly-once"]
+
+
+@pytest.fixture(params=GUARANTEES)
+def guarantee(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
 def topics(new_topic: TopicFactory) -> dict[str, str]:
     return {"in": new_topic(4, "-in"), "out": new_topic(4, "-out"), "dlq": new_topic(2, "-dlq")}
@@ -86,7 +94,7 @@ def check_scores(
 
 
 def test_valid_events_are_scored_and_every_bad_one_is_dead_lettered(  # noqa: PLR0915
-    kafka: KafkaUnderTest, topics: dict[str, str], registry: Path
+    kafka: KafkaUnderTest, topics: dict[str, str], registry: Path, guarantee: str
 ) -> None:
     model_dir = registry / "bc"
     features = load_version(model_dir / "1").manifest.features
@@ -116,7 +124,9 @@ def test_valid_events_are_scored_and_every_bad_one_is_dead_lettered(  # noqa: PL
     assert produce_all(kafka.bootstrap_servers, topics["in"], mixed) == len(good) + len(bad)  # type: ignore[arg-type]
 
     port = free_base_port(1)
-    worker = WorkerProcess(*infer_args(kafka, model_dir, topics, "--metrics-port", str(port)))
+    worker = WorkerProcess(*infer_args(
+        kafka, model_dir, topics, "--metrics-port", str(port),
+        "--processing-guarantee", guarantee))  # fmt: skip
     try:
         predictions = read_topic(kafka.bootstrap_servers, topics["out"], len(good))
         dead = read_topic(kafka.bootstrap_servers, topics["dlq"], len(bad))
@@ -215,14 +225,15 @@ def test_a_new_version_is_picked_up_mid_stream_and_a_tampered_one_refused(
 
 
 def test_a_restarted_worker_resumes_where_the_stopped_one_committed(
-    kafka: KafkaUnderTest, topics: dict[str, str], registry: Path
+    kafka: KafkaUnderTest, topics: dict[str, str], registry: Path, guarantee: str
 ) -> None:
     model_dir = registry / "bc"
     features = load_version(model_dir / "1").manifest.features
     rows = feature_rows(6000, seed=5)
     first, second = events(rows[:3000], features, "r1"), events(rows[3000:], features, "r2")
     produce_all(kafka.bootstrap_servers, topics["in"], first)
-    worker = WorkerProcess(*infer_args(kafka, model_dir, topics))
+    mode = ("--processing-guarantee", guarantee)
+    worker = WorkerProcess(*infer_args(kafka, model_dir, topics, *mode))
     try:
         read_topic(kafka.bootstrap_servers, topics["out"], 3000, settle_s=0.2)
     finally:
@@ -230,7 +241,7 @@ def test_a_restarted_worker_resumes_where_the_stopped_one_committed(
     assert code == 0
     assert seconds < 5
     produce_all(kafka.bootstrap_servers, topics["in"], second)
-    worker = WorkerProcess(*infer_args(kafka, model_dir, topics))
+    worker = WorkerProcess(*infer_args(kafka, model_dir, topics, *mode))
     try:
         predictions = read_topic(kafka.bootstrap_servers, topics["out"], 6000)
     finally:
@@ -242,7 +253,7 @@ def test_a_restarted_worker_resumes_where_the_stopped_one_committed(
 
 
 def test_a_failed_delivery_never_advances_the_offset(
-    kafka: KafkaUnderTest, new_topic: TopicFactory, registry: Path
+    kafka: KafkaUnderTest, new_topic: TopicFactory, registry: Path, guarantee: str
 ) -> None:
     model_dir = registry / "bc"
     features = load_version(model_dir / "1").manifest.features
@@ -254,7 +265,9 @@ def test_a_failed_delivery_never_advances_the_offset(
     # The output topic refuses every prediction (too large): deliveries fail for good.
     create_topics(kafka.bootstrap_servers, {topics["out"]: 1}, config={"max.message.bytes": "200"})
     produce_all(kafka.bootstrap_servers, topics["in"], events(feature_rows(500, 6), features, "f"))
-    worker = WorkerProcess(*infer_args(kafka, model_dir, topics))
+    worker = WorkerProcess(
+        *infer_args(kafka, model_dir, topics, "--processing-guarantee", guarantee)
+    )
     group = f"g-{topics['in']}"
     try:
         worker.wait_for("delivery_failed")

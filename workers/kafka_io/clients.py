@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
 log = structlog.get_logger("scorestream.kafka")
 
@@ -93,3 +95,44 @@ def make_producer(bootstrap_servers: str, extra: Mapping[str, str], **how: Any) 
 
 def make_consumer(bootstrap_servers: str, extra: Mapping[str, str], **how: Any) -> Consumer:  # noqa: ANN401
     return Consumer(client_config(bootstrap_servers, extra, **how))
+
+
+def retry_until_ready(
+    call: Callable[[], object],
+    stop: threading.Event,
+    *,
+    what: str,
+    bootstrap_servers: str,
+    max_backoff_s: float = 30.0,
+) -> bool:
+    """Call until Kafka answers, backing off 1 s, 2 s, ... `max_backoff_s`; False if stopped.
+
+    A worker started before its brokers (or during an outage) waits and says so, rather than
+    exiting; a fatal client error still raises.
+    """
+    backoff, attempt = 1.0, 0
+    while not stop.is_set():
+        attempt += 1
+        try:
+            call()
+        except (KafkaException, FutureTimeout) as exc:
+            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if err is not None and err.fatal():
+                raise
+            log.warning(
+                "kafka_unreachable",
+                what=what,
+                bootstrap_servers=bootstrap_servers,
+                attempt=attempt,
+                reason=err.str() if err is not None else "timed out",
+                retry_in_s=backoff,
+                fix="check --bootstrap-servers and that the brokers are up "
+                "(`scorestream broker start` runs one locally)",
+            )
+            stop.wait(backoff)
+            backoff = min(backoff * 2, max_backoff_s)
+            continue
+        if attempt > 1:
+            log.info("kafka_reachable", what=what, attempts=attempt)
+        return True
+    return False

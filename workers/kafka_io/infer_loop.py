@@ -1,17 +1,29 @@
-"""The inference worker's consume -> score -> produce loop (at-least-once).
+"""The inference worker's consume -> score -> produce loop, at-least-once or exactly-once.
 
-Offsets are stored only once the broker has acknowledged every record produced for them
-(predictions and dead letters alike). librdkafka reports only failed deliveries, so success is
-read from the producer's queue running empty: after `poll`, `len(producer) == 0` means every
-record produced so far is acknowledged. Under steady load the queue is rarely empty, so at least
-every `confirm_interval_s` the loop waits for it (a flush); a failed delivery rewinds the
-partitions to the first unconfirmed offset instead of advancing them.
+At-least-once: offsets are stored only once the broker has acknowledged every record produced
+for them (predictions and dead letters alike). librdkafka reports only failed deliveries, so
+success is read from the producer's queue running empty: after `poll`, `len(producer) == 0`
+means every record produced so far is acknowledged. Under steady load the queue is rarely
+empty, so at least every `confirm_interval_s` the loop waits for it (a flush); a failed delivery
+rewinds the partitions to the first unconfirmed offset instead of advancing them.
+
+Exactly-once (KIP-447): one transactional producer per process. The records produced for the
+batches of `transaction_interval_ms` and the consumed offsets commit in one transaction;
+readers with isolation.level=read_committed see each prediction once. An abortable error
+aborts and rewinds to the transaction's first offsets; a fatal one (fenced) also replaces the
+producer. Partitions are committed before they are revoked and aborted when they are lost.
+
+Either way, a dead letter the DLQ refuses pauses its source partition (with a growing retry
+interval) instead of being dropped: the other partitions keep flowing.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, cast
@@ -22,7 +34,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from workers.core.events import EventDecoder, InvalidEvent
 from workers.core.inference import ServingModel, score_batch
 from workers.kafka_io.admin import admin_client, create_topics
-from workers.kafka_io.clients import make_consumer, make_producer, redact
+from workers.kafka_io.clients import (
+    ErrorReporter,
+    make_consumer,
+    make_producer,
+    redact,
+    retry_until_ready,
+)
 from workers.metrics import InferMetrics, MetricsServer
 from workers.model_store import LoadedModel, ModelWatcher
 from workers.process_tuning import tune_process
@@ -46,6 +64,12 @@ class InferSettings:
     log_interval_s: float = 10.0
     confirm_interval_s: float = 0.5
     metrics_port: int | None = None
+    exactly_once: bool = False
+    # Stable identity across restarts: static group membership (a restarted worker takes its
+    # partitions back without a rebalance) and, exactly-once, the transactional.id (its restart
+    # fences the previous incarnation and aborts its open transaction at once).
+    instance_id: str | None = None
+    transaction_interval_ms: int = 100
 
 
 def serving_model(loaded: LoadedModel, max_value_bytes: int) -> ServingModel:
@@ -84,7 +108,10 @@ class InferenceWorker:
         self.metrics = InferMetrics()
         self.metrics.model_version.labels(self.model.name).set(self.model.version)
         self._assigned = False
-        self._failed_deliveries: list[KafkaError] = []
+        # Failed deliveries: the error and, for a dead letter, its source partition.
+        self._failed_deliveries: list[tuple[KafkaError, int | None]] = []
+        # A broker outage surfaces as an error per fetch: logged once per code per 10 s.
+        self._consume_errors = ErrorReporter("infer-consumer")
         # Per input partition: (first offset not yet confirmed, next offset to store).
         self._pending: dict[TopicKey, tuple[int, int]] = {}
         self._oldest_pending = 0.0
@@ -92,24 +119,30 @@ class InferenceWorker:
         # refuses the records) must not become a tight loop.
         self._rewind_backoff_s = 0.0
         self._resume_at = 0.0
-        self.producer: Producer = make_producer(
-            settings.bootstrap_servers,
-            settings.kafka_config,
-            defaults={
-                "linger.ms": 5,
-                "batch.num.messages": 10000,
-                "queue.buffering.max.messages": 1_000_000,
-                "queue.buffering.max.kbytes": 1_048_576,
-            },
-            required={
-                # Ordered, not duplicated by retries, acknowledged by all in-sync replicas.
-                "enable.idempotence": True,
-                "acks": "all",
-                "delivery.report.only.error": True,
-                "on_delivery": self._on_delivery_failure,
-            },
-            name="infer-producer",
+        # Partitions held back because the DLQ refused their dead letters: resume time, backoff.
+        self._paused: dict[TopicKey, tuple[float, float]] = {}
+        self._txn_open = False
+        self._txn_started = 0.0
+        self.transactional_id = (
+            f"{settings.group_id}.{settings.instance_id or self._process_identity()}"
+            if settings.exactly_once
+            else None
         )
+        self.producer: Producer = self._make_producer()
+        consumer_required: dict[str, Any] = {
+            "group.id": settings.group_id,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": False,
+        }
+        if settings.exactly_once:
+            # Offsets commit inside the transactions; inputs written transactionally by their
+            # producers are read only once committed.
+            consumer_required |= {"enable.auto.commit": False, "isolation.level": "read_committed"}
+        else:
+            # Stored offsets are committed periodically; we store only acknowledged ones.
+            consumer_required["enable.auto.commit"] = True
+        if settings.instance_id:
+            consumer_required["group.instance.id"] = settings.instance_id
         self.consumer: Consumer = make_consumer(
             settings.bootstrap_servers,
             settings.kafka_config,
@@ -122,21 +155,52 @@ class InferenceWorker:
                 # through a backlog, that left the worker idle a third of the time.
                 "fetch.queue.backoff.ms": 10,
             },
-            required={
-                "group.id": settings.group_id,
-                # Stored offsets are committed periodically; we store only acknowledged ones.
-                "enable.auto.commit": True,
-                "enable.auto.offset.store": False,
-                "enable.partition.eof": False,
-            },
+            required=consumer_required,
             name="infer-consumer",
         )
 
+    @staticmethod
+    def _process_identity() -> str:
+        return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+    def _make_producer(self) -> Producer:
+        s = self.settings
+        required: dict[str, Any] = {
+            # Ordered, not duplicated by retries, acknowledged by all in-sync replicas.
+            "enable.idempotence": True,
+            "acks": "all",
+            "delivery.report.only.error": True,
+            "on_delivery": self._on_delivery_failure,
+        }
+        defaults: dict[str, Any] = {
+            "linger.ms": 5,
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 1_000_000,
+            "queue.buffering.max.kbytes": 1_048_576,
+        }
+        if self.transactional_id is not None:
+            required["transactional.id"] = self.transactional_id
+            # An incarnation killed mid-transaction (without a stable --instance-id to fence
+            # it) holds back read_committed readers until this expires: keep it short.
+            defaults["transaction.timeout.ms"] = 10_000
+        return make_producer(
+            s.bootstrap_servers, s.kafka_config, defaults=defaults, required=required,
+            name="infer-producer",
+        )  # fmt: skip
+
     # -- delivery bookkeeping -------------------------------------------------------------
 
-    def _on_delivery_failure(self, err: KafkaError | None, _msg: Message) -> None:
-        if err is not None:
-            self._failed_deliveries.append(err)
+    def _on_delivery_failure(self, err: KafkaError | None, msg: Message) -> None:
+        if err is None:
+            return
+        if err.code() in (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT):  # noqa: SLF001
+            return  # an aborted transaction's records: rewound, not failed
+        source = None
+        if msg.topic() == self.settings.dlq_topic:
+            headers = dict(msg.headers() or [])
+            raw = headers.get("source.partition")
+            source = int(raw) if isinstance(raw, bytes) and raw.isdigit() else None
+        self._failed_deliveries.append((err, source))
 
     def _track(self, msgs: list[Message]) -> None:
         pending = self._pending
@@ -170,6 +234,8 @@ class InferenceWorker:
         offsets = [TopicPartition(t, p, nxt) for (t, p), (_, nxt) in self._pending.items()]
         self._pending = {}
         self._rewind_backoff_s = 0.0
+        self._paused = {k: v for k, v in self._paused.items() if v[0] != float("inf")}
+        self.metrics.paused.set(len(self._paused))
         try:
             self.consumer.store_offsets(offsets=offsets)
         except KafkaException as exc:
@@ -186,17 +252,20 @@ class InferenceWorker:
                 waited_s=waited,
             )
 
-    def _rewind(self) -> None:
-        errors = self._failed_deliveries
+    def _rewind(self, reason: str | None = None) -> None:
+        """Re-read every pending partition from its first unconfirmed offset, after a backoff;
+        a partition whose dead letters the DLQ refused is paused on its own."""
+        failures = self._failed_deliveries
         self._failed_deliveries = []
         self.stats.rewinds += 1
         self.metrics.rewinds.inc()
         self._rewind_backoff_s = min(max(self._rewind_backoff_s * 2, 0.1), 5.0)
         self._resume_at = time.monotonic() + self._rewind_backoff_s
+        dlq_refused = {source for _, source in failures if source is not None}
         log.error(
             "delivery_failed",
-            failures=len(errors),
-            first_error=errors[0].str(),
+            failures=len(failures),
+            first_error=failures[0][0].str() if failures else reason,
             retry_in_s=self._rewind_backoff_s,
             rewound={f"{t}[{p}]": first for (t, p), (first, _) in self._pending.items()},
         )
@@ -206,6 +275,133 @@ class InferenceWorker:
             except KafkaException as exc:
                 log.warning("rewind_skipped", topic=topic, partition=partition, reason=str(exc))
         self._pending = {}
+        for partition in sorted(dlq_refused):
+            self._pause(
+                (self.settings.input_topic, partition),
+                next(e.str() for e, src in failures if src == partition),
+            )
+
+    def _pause(self, key: TopicKey, reason: str) -> None:
+        """Stop consuming a partition whose dead letters cannot be written; retry later."""
+        _, previous = self._paused.get(key, (0.0, 0.0))
+        backoff = min(max(previous * 2, 1.0), 60.0)
+        try:
+            self.consumer.pause([TopicPartition(*key)])
+        except KafkaException as exc:  # revoked meanwhile: its new owner takes it from here
+            log.warning("pause_skipped", partition=f"{key[0]}[{key[1]}]", reason=str(exc))
+            return
+        self._paused[key] = (time.monotonic() + backoff, backoff)
+        self.metrics.paused.set(len(self._paused))
+        log.error(
+            "partition_paused",
+            partition=f"{key[0]}[{key[1]}]",
+            dlq_topic=self.settings.dlq_topic,
+            reason=f"the dead-letter topic refused a record: {reason}",
+            retry_in_s=backoff,
+            fix="make the DLQ topic writable (exists, this client may write, max.message.bytes)",
+        )
+
+    def _resume_due(self) -> None:
+        now = time.monotonic()
+        for key, (at, backoff) in list(self._paused.items()):
+            if at > now:
+                continue
+            try:
+                self.consumer.resume([TopicPartition(*key)])
+            except KafkaException as exc:
+                log.warning("resume_skipped", partition=f"{key[0]}[{key[1]}]", reason=str(exc))
+                del self._paused[key]
+                continue
+            # Keep the backoff: a second refusal doubles it. Forgotten once a batch commits.
+            self._paused[key] = (float("inf"), backoff)
+            log.info("partition_resumed", partition=f"{key[0]}[{key[1]}]")
+
+    # -- exactly-once -----------------------------------------------------------------------
+
+    def _init_transactions(self, stop: threading.Event) -> bool:
+        return retry_until_ready(
+            lambda: self.producer.init_transactions(30),
+            stop,
+            what="init_transactions",
+            bootstrap_servers=self.settings.bootstrap_servers,
+        )
+
+    def _begin(self) -> None:
+        if not self._txn_open:
+            self.producer.begin_transaction()
+            self._txn_open = True
+            self._txn_started = time.monotonic()
+
+    def _commit_transaction(self, *, force: bool) -> None:
+        """Commit the outputs and the consumed offsets together; on failure abort and rewind."""
+        if not self._txn_open:
+            return
+        interval_s = self.settings.transaction_interval_ms / 1000
+        if not force and time.monotonic() - self._txn_started < interval_s:
+            return
+        offsets = [TopicPartition(t, p, nxt) for (t, p), (_, nxt) in self._pending.items()]
+        self.producer.poll(0)
+        if self._failed_deliveries:  # the commit would fail: abort now
+            self._transaction_failed(self._failed_deliveries[0][0])
+            return
+        try:
+            if offsets:
+                self._retrying(
+                    lambda: self.producer.send_offsets_to_transaction(
+                        offsets, self.consumer.consumer_group_metadata(), 30
+                    )
+                )
+            self._retrying(lambda: self.producer.commit_transaction(30))
+        except KafkaException as exc:
+            self._transaction_failed(exc.args[0])
+            return
+        self._txn_open = False
+        self._pending = {}
+        self._rewind_backoff_s = 0.0
+        self._paused = {k: v for k, v in self._paused.items() if v[0] != float("inf")}
+        self.metrics.paused.set(len(self._paused))
+        self.metrics.transactions.labels("committed").inc()
+
+    @staticmethod
+    def _retrying(call: Any) -> None:  # noqa: ANN401
+        """librdkafka asks for the same call again on a retriable error (e.g. a timeout)."""
+        for attempt in range(10):
+            try:
+                call()
+            except KafkaException as exc:
+                err = exc.args[0]
+                if not err.retriable() or attempt == 9:
+                    raise
+                log.warning("transaction_call_retried", code=err.name(), reason=err.str())
+                time.sleep(min(0.1 * 2**attempt, 2.0))
+            else:
+                return
+
+    def _transaction_failed(self, err: KafkaError) -> None:
+        self.producer.poll(0)  # collect the failed deliveries: which DLQ partitions refused
+        self.metrics.transactions.labels("aborted").inc()
+        log.error(
+            "transaction_failed",
+            code=err.name(),
+            reason=err.str(),
+            abortable=err.txn_requires_abort(),
+            fatal=err.fatal(),
+        )
+        self._abort()
+        self._rewind(reason=err.str())
+
+    def _abort(self) -> None:
+        """Abort the open transaction; a producer that cannot (fenced, fatal) is replaced."""
+        if not self._txn_open:
+            return
+        self._txn_open = False
+        try:
+            self.producer.abort_transaction(30)
+        except KafkaException as exc:
+            log.warning("producer_replaced", reason=exc.args[0].str())
+            self.producer.purge()
+            self.producer = self._make_producer()
+            self.producer.init_transactions(30)
 
     # -- rebalance --------------------------------------------------------------------------
 
@@ -217,18 +413,31 @@ class InferenceWorker:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Hand over cleanly: everything produced is acknowledged and committed first."""
-        self._confirm(force=True)
-        try:
-            consumer.commit(asynchronous=False)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError._NO_OFFSET:  # noqa: SLF001 - public constant
-                log.warning("commit_on_revoke_failed", reason=str(exc))
+        if self.settings.exactly_once:
+            self._commit_transaction(force=True)
+        else:
+            self._confirm(force=True)
+            try:
+                consumer.commit(asynchronous=False)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError._NO_OFFSET:  # noqa: SLF001 - public constant
+                    log.warning("commit_on_revoke_failed", reason=str(exc))
+        self._forget(partitions)
         log.info("partitions_revoked", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        lost = {(p.topic, p.partition) for p in partitions}
-        self._pending = {k: v for k, v in self._pending.items() if k not in lost}
-        log.warning("partitions_lost", partitions=[f"{t}[{p}]" for t, p in sorted(lost)])
+        if self.settings.exactly_once and self._txn_open:
+            # Another member owns them now: our offsets would be refused. Re-read the rest.
+            self._abort()
+            self._rewind(reason="partitions lost")
+        self._forget(partitions)
+        log.warning("partitions_lost", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        gone = {(p.topic, p.partition) for p in partitions}
+        self._pending = {k: v for k, v in self._pending.items() if k not in gone}
+        self._paused = {k: v for k, v in self._paused.items() if k not in gone}
+        self.metrics.paused.set(len(self._paused))
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -250,6 +459,11 @@ class InferenceWorker:
     def run(self, stop: threading.Event) -> None:
         s = self.settings
         tune_process()
+        if not self._connect(stop):  # stopped before Kafka answered
+            self.consumer.close()
+            if self.watcher is not None:
+                self.watcher.stop()
+            return
         log.info(
             "infer_started",
             input_topic=s.input_topic,
@@ -263,6 +477,9 @@ class InferenceWorker:
             model_version=self.model.version,
             model_sha256=self.model_sha256,
             compiled_trees=getattr(self.model.scorer, "accelerated", False),
+            processing_guarantee="exactly-once" if s.exactly_once else "at-least-once",
+            transactional_id=self.transactional_id,
+            instance_id=s.instance_id,
         )
         self.consumer.subscribe(
             [s.input_topic],
@@ -275,25 +492,41 @@ class InferenceWorker:
             server = MetricsServer(s.metrics_port, self.metrics.registry, lambda: self._assigned)
             server.start()
             log.info("metrics_serving", port=server.port)
-        timeout_s = s.batch_timeout_ms / 1000
-        next_summary = time.monotonic() + s.log_interval_s
         try:
-            while not stop.is_set():
-                if self._resume_at > time.monotonic():
-                    stop.wait(min(self._resume_at - time.monotonic(), 0.1))
-                    continue
-                msgs = self.consumer.consume(num_messages=s.batch_size, timeout=timeout_s)
-                if msgs:
-                    self._process(msgs)
-                self._confirm(force=False)
-                self._maybe_swap_model()
-                if time.monotonic() >= next_summary:
-                    self._log_summary()
-                    next_summary = time.monotonic() + s.log_interval_s
+            self._loop(stop)
         finally:
             self._shutdown()
             if server is not None:
                 server.stop()
+
+    def _loop(self, stop: threading.Event) -> None:
+        s = self.settings
+        timeout_s = s.batch_timeout_ms / 1000
+        next_summary = time.monotonic() + s.log_interval_s
+        while not stop.is_set():
+            if self._resume_at > time.monotonic():
+                stop.wait(min(self._resume_at - time.monotonic(), 0.1))
+                continue
+            if self._paused:
+                self._resume_due()
+            msgs = self.consumer.consume(num_messages=s.batch_size, timeout=timeout_s)
+            if msgs:
+                self._process(msgs)
+            if s.exactly_once:
+                self._commit_transaction(force=False)
+            else:
+                self._confirm(force=False)
+            self._maybe_swap_model()
+            if time.monotonic() >= next_summary:
+                self._log_summary()
+                next_summary = time.monotonic() + s.log_interval_s
+
+    def _connect(self, stop: threading.Event) -> bool:
+        s = self.settings
+        ready = retry_until_ready(
+            self.ensure_output_topics, stop, what="topics", bootstrap_servers=s.bootstrap_servers
+        )
+        return ready and (not s.exactly_once or self._init_transactions(stop))
 
     def _process(self, msgs: list[Message]) -> None:
         records = [m for m in msgs if m.error() is None]
@@ -301,9 +534,11 @@ class InferenceWorker:
             for m in msgs:
                 err = m.error()
                 if err is not None:
-                    log.warning("consume_error", code=err.name(), reason=err.str())
+                    self._consume_errors(err)
             if not records:
                 return
+        if self.settings.exactly_once:
+            self._begin()
         started = time.perf_counter()
         values = [m.value() for m in records]
         timestamps = [m.timestamp()[1] for m in records]
@@ -418,12 +653,15 @@ class InferenceWorker:
 
     def _shutdown(self) -> None:
         try:
-            self._confirm(force=True)
-            try:
-                self.consumer.commit(asynchronous=False)
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError._NO_OFFSET:  # noqa: SLF001
-                    log.warning("final_commit_failed", reason=str(exc))
+            if self.settings.exactly_once:
+                self._commit_transaction(force=True)
+            else:
+                self._confirm(force=True)
+                try:
+                    self.consumer.commit(asynchronous=False)
+                except KafkaException as exc:
+                    if exc.args[0].code() != KafkaError._NO_OFFSET:  # noqa: SLF001
+                        log.warning("final_commit_failed", reason=str(exc))
             self._log_summary()
         finally:
             self.consumer.close()
