@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 from pathlib import Path
 from types import FrameType
@@ -49,4 +51,10 @@ def run_infer(
         watcher.start()
     worker = InferenceWorker(settings, loaded, watcher)
     worker.run(stop)  # waits, with logged retries, for brokers that are not up yet
+    if worker.abandoned_producers:
+        # A producer stuck inside librdkafka would block the interpreter's exit in its
+        # destructor; everything is committed and logged by now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0

@@ -27,10 +27,30 @@ def redact(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class _LibrdkafkaLogHandler(logging.Handler):
-    """Forward librdkafka's own log lines as structured warnings."""
+    """Forward librdkafka's own log lines as structured warnings, each kind (client and the
+    facility word that starts the line, e.g. FAIL) at most once per interval: with a broker
+    down, every reconnect attempt of every connection logs, hundreds of lines a minute."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._last: dict[tuple[str, str], float] = {}
+        self._suppressed: dict[tuple[str, str], int] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
-        log.warning("librdkafka_log", client=record.name, message=record.getMessage())
+        message = record.getMessage()
+        kind = (record.name, message.split(" ", 1)[0])
+        now = time.monotonic()
+        if now - self._last.get(kind, -1e9) < self.interval_s:
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        log.warning(
+            "librdkafka_log",
+            client=record.name,
+            message=message,
+            suppressed=self._suppressed.pop(kind, 0),
+        )
 
 
 class ErrorReporter:

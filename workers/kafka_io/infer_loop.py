@@ -49,6 +49,34 @@ log = structlog.get_logger("scorestream.infer")
 
 TopicKey = tuple[str, int]
 
+# Longest a commit (send_offsets + commit_transaction, with their own retries) may take before
+# the producer is considered stuck.
+TXN_CALL_LIMIT_S = 40.0
+
+
+class _Stuck(Exception):  # noqa: N818 - internal signal
+    pass
+
+
+def _bounded(call: Any, limit_s: float) -> None:  # noqa: ANN401
+    """Run `call` on a daemon thread; raise what it raised, or _Stuck after `limit_s`."""
+    raised: list[BaseException] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            raised.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True, name="transaction-call").start()
+    if not done.wait(limit_s):
+        raise _Stuck
+    if raised:
+        raise raised[0]
+
 
 @dataclass(frozen=True, slots=True)
 class InferSettings:
@@ -123,6 +151,8 @@ class InferenceWorker:
         self._paused: dict[TopicKey, tuple[float, float]] = {}
         self._txn_open = False
         self._txn_started = 0.0
+        # Producers stuck inside librdkafka, kept referenced: destroying one would block too.
+        self.abandoned_producers: list[Producer] = []
         self.transactional_id = (
             f"{settings.group_id}.{settings.instance_id or self._process_identity()}"
             if settings.exactly_once
@@ -190,17 +220,13 @@ class InferenceWorker:
 
     # -- delivery bookkeeping -------------------------------------------------------------
 
-    def _on_delivery_failure(self, err: KafkaError | None, msg: Message) -> None:
-        if err is None:
-            return
-        if err.code() in (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT):  # noqa: SLF001
-            return  # an aborted transaction's records: rewound, not failed
-        source = None
-        if msg.topic() == self.settings.dlq_topic:
-            headers = dict(msg.headers() or [])
-            raw = headers.get("source.partition")
-            source = int(raw) if isinstance(raw, bytes) and raw.isdigit() else None
-        self._failed_deliveries.append((err, source))
+    def _on_delivery_failure(self, err: KafkaError | None, _msg: Message) -> None:
+        self._delivery_failed(err, None)
+
+    def _delivery_failed(self, err: KafkaError | None, source_partition: int | None) -> None:
+        if err is None or err.code() in (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT):  # noqa: SLF001
+            return  # delivered, or an aborted transaction's record (rewound, not failed)
+        self._failed_deliveries.append((err, source_partition))
 
     def _track(self, msgs: list[Message]) -> None:
         pending = self._pending
@@ -229,13 +255,32 @@ class InferenceWorker:
             return
         self._flush_all()
         if self._failed_deliveries:
-            self._rewind()
+            refused = {src for _, src in self._failed_deliveries}
+            if None in refused:  # a prediction failed: its partition is unknown, rewind all
+                self._rewind()
+                return
+            # Only dead letters failed: every other output is acknowledged (the flush
+            # returned), so the other partitions advance and only the refused ones rewind.
+            topic = self.settings.input_topic
+            held = {k: v for k, v in self._pending.items() if k[0] == topic and k[1] in refused}
+            self._pending = {k: v for k, v in self._pending.items() if k not in held}
+            self._store(held_back=held)
+            self._pending = held
+            self._rewind(backoff=False)
             return
+        self._store(held_back={})
+
+    def _store(self, held_back: dict[TopicKey, tuple[int, int]]) -> None:
         offsets = [TopicPartition(t, p, nxt) for (t, p), (_, nxt) in self._pending.items()]
         self._pending = {}
         self._rewind_backoff_s = 0.0
-        self._paused = {k: v for k, v in self._paused.items() if v[0] != float("inf")}
+        # A resumed partition that got this far is healthy again: forget its backoff.
+        self._paused = {
+            k: v for k, v in self._paused.items() if v[0] != float("inf") or k in held_back
+        }
         self.metrics.paused.set(len(self._paused))
+        if not offsets:
+            return
         try:
             self.consumer.store_offsets(offsets=offsets)
         except KafkaException as exc:
@@ -252,15 +297,16 @@ class InferenceWorker:
                 waited_s=waited,
             )
 
-    def _rewind(self, reason: str | None = None) -> None:
+    def _rewind(self, reason: str | None = None, *, backoff: bool = True) -> None:
         """Re-read every pending partition from its first unconfirmed offset, after a backoff;
         a partition whose dead letters the DLQ refused is paused on its own."""
         failures = self._failed_deliveries
         self._failed_deliveries = []
         self.stats.rewinds += 1
         self.metrics.rewinds.inc()
-        self._rewind_backoff_s = min(max(self._rewind_backoff_s * 2, 0.1), 5.0)
-        self._resume_at = time.monotonic() + self._rewind_backoff_s
+        if backoff:
+            self._rewind_backoff_s = min(max(self._rewind_backoff_s * 2, 0.1), 5.0)
+            self._resume_at = time.monotonic() + self._rewind_backoff_s
         dlq_refused = {source for _, source in failures if source is not None}
         log.error(
             "delivery_failed",
@@ -344,16 +390,20 @@ class InferenceWorker:
         if self._failed_deliveries:  # the commit would fail: abort now
             self._transaction_failed(self._failed_deliveries[0][0])
             return
-        try:
+        producer, group = self.producer, self.consumer.consumer_group_metadata()
+
+        def commit() -> None:
             if offsets:
-                self._retrying(
-                    lambda: self.producer.send_offsets_to_transaction(
-                        offsets, self.consumer.consumer_group_metadata(), 30
-                    )
-                )
-            self._retrying(lambda: self.producer.commit_transaction(30))
+                self._retrying(lambda: producer.send_offsets_to_transaction(offsets, group, 10))
+            self._retrying(lambda: producer.commit_transaction(10))
+
+        try:
+            _bounded(commit, TXN_CALL_LIMIT_S)
         except KafkaException as exc:
             self._transaction_failed(exc.args[0])
+            return
+        except _Stuck:
+            self._producer_stuck()
             return
         self._txn_open = False
         self._pending = {}
@@ -364,18 +414,53 @@ class InferenceWorker:
 
     @staticmethod
     def _retrying(call: Any) -> None:  # noqa: ANN401
-        """librdkafka asks for the same call again on a retriable error (e.g. a timeout)."""
-        for attempt in range(10):
+        """librdkafka asks for the same call again on a retriable error (e.g. a timeout).
+
+        A few times only: after a broker restart a call can time out again and again, and a
+        fresh producer (what a failed transaction leads to) recovers where retrying does not.
+        """
+        for attempt in range(3):
             try:
                 call()
             except KafkaException as exc:
                 err = exc.args[0]
-                if not err.retriable() or attempt == 9:
+                if not err.retriable() or attempt == 2:
                     raise
                 log.warning("transaction_call_retried", code=err.name(), reason=err.str())
                 time.sleep(min(0.1 * 2**attempt, 2.0))
             else:
                 return
+
+    def _producer_stuck(self) -> None:
+        """librdkafka did not return from a transactional call (it can block past its own
+        timeout once the group coordinator went away: librdkafka issues 5456 and 5511). The
+        stuck producer is set aside, a new one with the same transactional.id fences it, and
+        the partitions are re-read from what is committed, whichever way the stuck commit
+        went."""
+        self.metrics.transactions.labels("stuck").inc()
+        log.error(
+            "transaction_stuck",
+            waited_s=TXN_CALL_LIMIT_S,
+            transactional_id=self.transactional_id,
+            action="replacing the producer; re-reading from the committed offsets",
+        )
+        self._txn_open = False
+        self.abandoned_producers.append(self.producer)  # never destroyed: that would block
+        self.producer = self._make_producer()
+        self.producer.init_transactions(30)
+        self._rewind_to_committed("transactional call did not return")
+
+    def _rewind_to_committed(self, reason: str) -> None:
+        wanted = [TopicPartition(t, p) for t, p in self._pending]
+        try:
+            committed = self.consumer.committed(wanted, timeout=10) if wanted else []
+        except KafkaException as exc:
+            log.warning("committed_offsets_unknown", reason=exc.args[0].str())
+            committed = []
+        for tp in committed:
+            if tp.offset >= 0:
+                self._pending[(tp.topic, tp.partition)] = (tp.offset, tp.offset)
+        self._rewind(reason=reason)
 
     def _transaction_failed(self, err: KafkaError) -> None:
         self.producer.poll(0)  # collect the failed deliveries: which DLQ partitions refused
@@ -388,20 +473,27 @@ class InferenceWorker:
             fatal=err.fatal(),
         )
         self._abort()
-        self._rewind(reason=err.str())
+        self._rewind_to_committed(err.str())
 
     def _abort(self) -> None:
-        """Abort the open transaction; a producer that cannot (fenced, fatal) is replaced."""
+        """Abort the open transaction and start over with a new producer.
+
+        A new producer with the same transactional.id fences the old one and bumps the epoch:
+        after some failures (a record the broker refused) librdkafka's own abort leaves
+        sequence numbers that the next transaction trips over, so recovery never relies on it.
+        """
         if not self._txn_open:
             return
         self._txn_open = False
         try:
-            self.producer.abort_transaction(30)
+            self.producer.abort_transaction(10)
         except KafkaException as exc:
-            log.warning("producer_replaced", reason=exc.args[0].str())
-            self.producer.purge()
-            self.producer = self._make_producer()
-            self.producer.init_transactions(30)
+            log.warning("abort_failed", reason=exc.args[0].str())
+        self.producer.purge()
+        self.producer.flush(0)
+        self.producer = self._make_producer()
+        self.producer.init_transactions(30)
+        log.info("producer_replaced", transactional_id=self.transactional_id)
 
     # -- rebalance --------------------------------------------------------------------------
 
@@ -444,7 +536,8 @@ class InferenceWorker:
     def ensure_output_topics(self) -> None:
         """Create missing output topics with the input's partition count (laptop default)."""
         metadata = admin_client(self.settings.bootstrap_servers, self.settings.kafka_config)
-        topics = metadata.list_topics(timeout=30).topics
+        # Short: an unreachable cluster is retried (with backoff and a log line) by the caller.
+        topics = metadata.list_topics(timeout=5).topics
         source = topics.get(self.settings.input_topic)
         partitions = len(source.partitions) if source is not None and source.partitions else 4
         missing = {
@@ -511,7 +604,13 @@ class InferenceWorker:
                 self._resume_due()
             msgs = self.consumer.consume(num_messages=s.batch_size, timeout=timeout_s)
             if msgs:
-                self._process(msgs)
+                try:
+                    self._process(msgs)
+                except KafkaException as exc:
+                    if not s.exactly_once:
+                        raise
+                    self._transaction_failed(exc.args[0])
+                    continue
             if s.exactly_once:
                 self._commit_transaction(force=False)
             else:
@@ -537,6 +636,8 @@ class InferenceWorker:
                     self._consume_errors(err)
             if not records:
                 return
+        # Tracked before anything is produced: a failure half-way rewinds this batch too.
+        self._track(records)
         if self.settings.exactly_once:
             self._begin()
         started = time.perf_counter()
@@ -553,7 +654,6 @@ class InferenceWorker:
                 self._produce_when_room(topic, value, key, None)
         for index, invalid in result.invalid:
             self._dead_letter(records[index], invalid)
-        self._track(records)
         metrics = self.metrics
         metrics.consumed.inc(len(records))
         metrics.scored.inc(len(result.predictions))
@@ -575,10 +675,21 @@ class InferenceWorker:
         ]
         self.stats.dead_letters[invalid.error_type.value] += 1
         self.metrics.dead_letters.labels(invalid.error_type.value).inc()
+        # Dead letters are rare: each carries its own callback naming its source partition, so
+        # a DLQ that refuses it holds back that partition only.
+        source = msg.partition()
+
+        def report(err: KafkaError | None, _msg: Message) -> None:
+            self._delivery_failed(err, source)
+
         try:
-            self.producer.produce(self.settings.dlq_topic, msg.value(), msg.key(), headers=headers)
+            self.producer.produce(
+                self.settings.dlq_topic, msg.value(), msg.key(), headers=headers, on_delivery=report
+            )
         except BufferError:
-            self._produce_when_room(self.settings.dlq_topic, msg.value(), msg.key(), headers)
+            self._produce_when_room(
+                self.settings.dlq_topic, msg.value(), msg.key(), headers, report
+            )
 
     def _produce_when_room(
         self,
@@ -586,12 +697,14 @@ class InferenceWorker:
         value: bytes | None,
         key: bytes | None,
         headers: Any,  # noqa: ANN401
+        on_delivery: Any = None,  # noqa: ANN401
     ) -> None:
         """The local queue is full: serve delivery reports until there is room, then produce."""
+        extra = {} if on_delivery is None else {"on_delivery": on_delivery}
         while True:
             self.producer.poll(0.1)
             try:
-                self.producer.produce(topic, value, key, headers=headers)
+                self.producer.produce(topic, value, key, headers=headers, **extra)
             except BufferError:
                 continue
             return
