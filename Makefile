@@ -47,6 +47,11 @@ check: lint types test ## everything CI runs: lint, types, tests
 bench: venv ## throughput, latency and memory beside a passthrough and a naive loop (real broker)
 	$(BIN)/scorestream bench
 
+.PHONY: soak
+soak: venv ## the chaos run, longer: 1M events over 10 min, 30 worker kills per guarantee, 3 broker kills
+	$(BIN)/python -m tests.chaos --events 1000000 --feed-seconds 600 --worker-kills 30 \
+		--monitor-kills 30 --broker-kills 3 --monitor-events 200000
+
 .PHONY: bench-drift
 bench-drift: venv ## drift-detection quality: 30 seeds per stream, default detector beside ADWIN
 	$(BIN)/python bench/drift_quality.py

@@ -47,6 +47,13 @@ GOOD = [
     Case("unicode event_id", event(event_id="caf\u00e9-\u2603"), None),
     Case("largest finite double", with_feature("c", "1.7976931348623157e308"), None),
     Case("exponent", with_feature("c", "-2.5e-3"), None),
+    Case("colons in event_id", event(event_id="order:12:34"), None),
+    Case("colons in an extra field", event(note="at 12:30", when="a:b"), None),
+    Case(
+        "space before colons",
+        b'{"event_id" : "s", "features" : {"mean radius" : 1, "b" : 2, "c" : 3}}',
+        None,
+    ),
 ]
 
 BAD = [
@@ -95,4 +102,26 @@ BAD = [
     Case("feature negative overflow", with_feature("b", "-1e400"), ErrorType.FEATURES),
     Case("feature object", with_feature("b", '{"v": 1}'), ErrorType.FEATURES),
     Case("feature list", with_feature("b", "[1]"), ErrorType.FEATURES),
+    # schema: a key twice in one object (which value was meant?)
+    Case(
+        "duplicate event_id",
+        b'{"event_id": "a", "event_id": "b", "features": {"mean radius": 1, "b": 2, "c": 3}}',
+        ErrorType.SCHEMA,
+    ),
+    Case(
+        "duplicate feature",
+        b'{"event_id": "a", "features": {"mean radius": 1, "b": 2, "b": 5, "c": 3}}',
+        ErrorType.SCHEMA,
+    ),
+    Case(
+        "duplicate features object",
+        b'{"event_id": "a", "features": {"mean radius": 1, '
+        b'"b": 2, "c": 3}, "features": {"mean radius": 1, "b": 2, "c": 4}}',
+        ErrorType.SCHEMA,
+    ),
+    Case(
+        "duplicate key with spaces",
+        b'{"event_id" : "a", "features" : {"mean radius" : 1, "b" : 2, "b" : 2, "c" : 3}}',
+        ErrorType.SCHEMA,
+    ),
 ]

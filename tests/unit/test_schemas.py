@@ -31,12 +31,25 @@ def _check_strings(value: Any) -> None:
             _check_strings(v)
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    if len({k for k, _ in pairs}) != len(pairs):
+        raise ValueError("duplicate key")
+    return dict(pairs)
+
+
 def schema_accepts(value: bytes | None, schema: dict[str, Any]) -> bool:
     if value is None:
         return False
     try:
         text = value.decode("utf-8")
-        document = json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
+        # Unique keys are a rule of the parse, not of the schema (RFC 8259 leaves duplicates
+        # undefined; scorestream refuses them), so the reference parser checks them too.
+        document = json.loads(
+            text,
+            parse_float=Decimal,
+            parse_constant=_reject_constant,
+            object_pairs_hook=_unique_keys,
+        )
         _check_strings(document)
     except (ValueError, RecursionError, UnicodeError):
         return False

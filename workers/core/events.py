@@ -7,6 +7,7 @@ manifest order, ready to become a row of the scoring matrix.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -92,6 +93,7 @@ class EventDecoder:
             gc=False,
         )
         self._decoder = msgspec.json.Decoder(self._event_type)
+        self.keys_without_extras = 2 + len(self.features)  # event_id, features, each feature
         self._astuple = msgspec.structs.astuple
 
     def decode(self, value: bytes | None) -> DecodedEvent | InvalidEvent:
@@ -99,7 +101,9 @@ class EventDecoder:
         decoded = self.decode_unchecked(value)
         if type(decoded) is InvalidEvent:
             return decoded
-        row = decoded[1]  # type: ignore[index]
+        event_id, row, event_time = decoded  # type: ignore[misc]
+        if self.duplicate_key(value, event_id, event_time):  # type: ignore[arg-type]
+            return DUPLICATE_KEY
         for index, x in enumerate(row):
             # JSON has no NaN/Infinity literals, but an overflowing number such as 1e400
             # must still never reach the model.
@@ -113,7 +117,8 @@ class EventDecoder:
         )
 
     def decode_unchecked(self, value: bytes | None) -> DecodedEvent | InvalidEvent:
-        """Like `decode` but without the finiteness check, which the caller does in bulk."""
+        """Like `decode` without the finiteness and repeated-key checks: the caller does them
+        for a whole batch at once."""
         if value is None:
             return InvalidEvent(ErrorType.DECODE, "empty message (null value / tombstone)")
         if len(value) > self.max_value_bytes:
@@ -130,6 +135,16 @@ class EventDecoder:
         except (msgspec.DecodeError, ValueError) as exc:  # malformed JSON, invalid UTF-8
             return InvalidEvent(ErrorType.DECODE, str(exc) or type(exc).__name__)
         return event.event_id, self._astuple(event.features), event.event_time
+
+    def colons(self, event_id: str, event_time: int | None) -> int:
+        """The colons a decoded event without extra or repeated keys holds: one per key, plus
+        any inside its event_id. More means extra keys, a repeated key or colons in strings."""
+        return self.keys_without_extras + (event_time is not None) + event_id.count(":")
+
+    def duplicate_key(self, value: bytes, event_id: str, event_time: int | None) -> bool:
+        """A document with a key twice is ambiguous (the decoder keeps the last): refused.
+        Walked only when its colons say it has more keys than it needs."""
+        return value.count(b":") != self.colons(event_id, event_time) and _has_duplicate_key(value)
 
     def _classify(self, value: bytes, message: str) -> InvalidEvent:
         """Name the most basic thing wrong: unreadable JSON, then the envelope, then features.
@@ -150,6 +165,30 @@ class EventDecoder:
         except (msgspec.DecodeError, ValueError) as exc:
             return InvalidEvent(ErrorType.DECODE, str(exc) or type(exc).__name__)
         return _classify(message)
+
+
+DUPLICATE_KEY: Final = InvalidEvent(ErrorType.SCHEMA, "a key appears twice in one JSON object")
+
+
+class _DuplicateKey(Exception):  # noqa: N818 - internal signal
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise _DuplicateKey
+    return result
+
+
+def _has_duplicate_key(value: bytes) -> bool:
+    try:
+        json.loads(value, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey:
+        return True
+    except ValueError:  # msgspec accepted it; stdlib json is stricter about nothing we need
+        return False
+    return False
 
 
 class _Envelope(msgspec.Struct):

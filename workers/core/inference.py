@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 import msgspec
 import numpy as np
 
-from workers.core.events import ErrorType, EventDecoder, InvalidEvent, Prediction
+from workers.core.events import (
+    DUPLICATE_KEY,
+    ErrorType,
+    EventDecoder,
+    InvalidEvent,
+    Prediction,
+)
 from workers.core.scoring import Matrix, ScoredBatch, Scorer
 
 _ENCODE = msgspec.json.Encoder().encode
@@ -40,11 +47,13 @@ def score_batch(
 ) -> BatchResult:
     """Decode, validate and score `values` with one model call; never raise on bad input."""
     result = BatchResult()
-    decode = model.decoder.decode_unchecked
+    decoder = model.decoder
+    decode = decoder.decode_unchecked
     indices: list[int] = []
     ids: list[str] = []
     rows: list[tuple[float, ...]] = []
     times: list[int] = []
+    with_time = 0
     for i, value in enumerate(values):
         decoded = decode(value)
         if type(decoded) is InvalidEvent:
@@ -54,25 +63,21 @@ def score_batch(
         indices.append(i)
         ids.append(event_id)
         rows.append(row)
-        times.append(timestamps_ms[i] if event_time is None else event_time)
+        if event_time is None:
+            times.append(timestamps_ms[i])
+        else:
+            times.append(event_time)
+            with_time += 1
     if not rows:
         return result
+    dropped = _repeated_keys(values, indices, ids, times, with_time, decoder, timestamps_ms)
     matrix = np.array(rows, dtype=np.float64)
     finite = np.isfinite(matrix)
-    if not finite.all():
-        # An overflowing number such as 1e400 decodes to infinity: never let it reach the model.
-        bad_rows = np.flatnonzero(~finite.all(axis=1)).tolist()
-        for j in bad_rows:
-            first_bad = int(np.flatnonzero(~finite[j])[0])
-            result.invalid.append((indices[j], model.decoder.not_finite(first_bad)))
-        dropped = set(bad_rows)
-        keep = [j for j in range(len(rows)) if j not in dropped]
-        matrix = matrix[keep]
-        indices = [indices[j] for j in keep]
-        ids = [ids[j] for j in keep]
-        times = [times[j] for j in keep]
-        result.invalid.sort(key=lambda item: item[0])
-        if not keep:
+    if not finite.all() or dropped:
+        matrix, indices, ids, times = _drop_rows(
+            matrix, finite, dropped, indices, ids, times, model.decoder, result
+        )
+        if not indices:
             return result
     try:
         scored = _checked(model.scorer.score(matrix), len(indices))
@@ -81,6 +86,68 @@ def score_batch(
         return result
     _encode(scored, range(len(indices)), indices, ids, times, model, scored_at_ms, result)
     return result
+
+
+def _drop_rows(  # noqa: PLR0913, PLR0917 - the batch columns, passed through
+    matrix: Matrix,
+    finite: np.ndarray,
+    dropped: set[int],
+    indices: list[int],
+    ids: list[str],
+    times: list[int],
+    decoder: EventDecoder,
+    result: BatchResult,
+) -> tuple[Matrix, list[int], list[str], list[int]]:
+    """Dead-letter rows with a repeated key or a non-finite feature; keep the others."""
+    # An overflowing number such as 1e400 decodes to infinity: never let it reach the model.
+    bad_rows = np.flatnonzero(~finite.all(axis=1)).tolist()
+    for j in bad_rows:
+        if j not in dropped:
+            first_bad = int(np.flatnonzero(~finite[j])[0])
+            result.invalid.append((indices[j], decoder.not_finite(first_bad)))
+    result.invalid.extend((indices[j], DUPLICATE_KEY) for j in dropped)
+    result.invalid.sort(key=lambda item: item[0])
+    gone = dropped | set(bad_rows)
+    keep = [j for j in range(len(indices)) if j not in gone]
+    return (
+        matrix[keep],
+        [indices[j] for j in keep],
+        [ids[j] for j in keep],
+        [times[j] for j in keep],
+    )
+
+
+def _repeated_keys(  # noqa: PLR0913, PLR0917 - the batch columns, passed through
+    values: Sequence[bytes | None],
+    indices: list[int],
+    ids: list[str],
+    times: list[int],
+    with_time: int,
+    decoder: EventDecoder,
+    timestamps_ms: Sequence[int],
+) -> set[int]:
+    """Positions of decoded events that repeat a key, found for the whole batch at once.
+
+    Every key is followed by a colon: if the batch holds exactly as many colons as its events'
+    keys and ids need, no event has an extra or repeated key (one vectorised count, instead of
+    a count per event that cost a tenth of the decoding). Otherwise each event is checked.
+    """
+    kept = [values[i] or b"" for i in indices]
+    blob = np.frombuffer(b"".join(kept), dtype=np.uint8)
+    colons = int(np.count_nonzero(blob == _COLON))
+    needed = len(kept) * decoder.keys_without_extras + with_time + "".join(ids).count(":")
+    if colons == needed:
+        return set()
+    return {
+        j
+        for j, value in enumerate(kept)
+        if decoder.duplicate_key(
+            value, ids[j], None if times[j] == timestamps_ms[indices[j]] else times[j]
+        )
+    }
+
+
+_COLON: Final = ord(":")
 
 
 def _checked(scored: ScoredBatch, expected: int) -> ScoredBatch:

@@ -207,6 +207,10 @@ class InferenceWorker:
             "batch.num.messages": 10000,
             "queue.buffering.max.messages": 1_000_000,
             "queue.buffering.max.kbytes": 1_048_576,
+            # Above the broker's 1 MB default: a dead letter is its source value plus
+            # headers, so a value near the input topic's limit must still fit; the DLQ
+            # topic's own limit decides.
+            "message.max.bytes": 2_097_152,
         }
         if self.transactional_id is not None:
             required["transactional.id"] = self.transactional_id
@@ -545,8 +549,13 @@ class InferenceWorker:
             for t in (self.settings.output_topic, self.settings.dlq_topic)
             if t not in topics
         }
+        if self.settings.output_topic in missing:
+            create_topics(self.settings.bootstrap_servers, {self.settings.output_topic: partitions})
+        if self.settings.dlq_topic in missing:
+            # Room for any input value plus the error headers.
+            create_topics(self.settings.bootstrap_servers, {self.settings.dlq_topic: partitions},
+                          config={"max.message.bytes": "2097152"})  # fmt: skip
         if missing:
-            create_topics(self.settings.bootstrap_servers, missing, config=None)
             log.info("topics_created", topics=sorted(missing))
 
     def run(self, stop: threading.Event) -> None:
