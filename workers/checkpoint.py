@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pickle
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,10 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS instance_state (instance TEXT PRIMARY KEY, state BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS partition_state (partition INTEGER PRIMARY KEY, state BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, instance TEXT NOT NULL, created_at INTEGER NOT NULL,
+    key BLOB, value BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS offsets (
     topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
     PRIMARY KEY (topic, partition)
@@ -65,8 +69,13 @@ class CheckpointStore:
         global_state: Any,  # noqa: ANN401 - pickled as it is
         partitions: Mapping[int, Any],
         offsets: Mapping[tuple[str, int], int],
+        outbox: Sequence[tuple[bytes | None, bytes, int]] = (),
     ) -> None:
-        """Write everything in one transaction: all of it is stored, or none of it."""
+        """Write everything in one transaction: all of it is stored, or none of it.
+
+        `outbox`: alerts (key, value, created_at ms) raised by the state being saved, kept
+        until they are published (exactly-once: the state that fired them and the duty to
+        publish them are stored together)."""
         blob = pickle.dumps(global_state, protocol=pickle.HIGHEST_PROTOCOL)
         rows = [
             (p, pickle.dumps(s, protocol=pickle.HIGHEST_PROTOCOL)) for p, s in partitions.items()
@@ -79,6 +88,10 @@ class CheckpointStore:
             db.executemany(
                 "INSERT OR REPLACE INTO offsets VALUES (?, ?, ?)",
                 [(t, p, o) for (t, p), o in offsets.items()],
+            )
+            db.executemany(
+                "INSERT INTO outbox (instance, created_at, key, value) VALUES (?, ?, ?, ?)",
+                [(self.instance, at, key, value) for key, value, at in outbox],
             )
             db.execute("COMMIT")
         except BaseException:
@@ -102,6 +115,17 @@ class CheckpointStore:
             "SELECT next_offset FROM offsets WHERE topic = ? AND partition = ?", (topic, partition)
         ).fetchone()
         return None if row is None else int(row[0])
+
+    def outbox(self) -> list[tuple[int, int, bytes | None, bytes]]:
+        """This instance's unpublished alerts: (seq, created_at, key, value), oldest first."""
+        rows = self._db.execute(
+            "SELECT seq, created_at, key, value FROM outbox WHERE instance = ? ORDER BY seq",
+            (self.instance,),
+        ).fetchall()
+        return [(int(a), int(b), c, d) for a, b, c, d in rows]
+
+    def published(self, seqs: Iterable[int]) -> None:
+        self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
 
     def close(self) -> None:
         self._db.close()

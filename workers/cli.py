@@ -565,7 +565,9 @@ def _add_monitor_parser(commands: Any, environ: Mapping[str, str]) -> None:  # n
         environ=environ,
         choices=("at-least-once", "exactly-once"),
         default="at-least-once",
-        help="delivery guarantee of the alerts",
+        help="alerts on --alerts-topic: at-least-once (a crash may repeat some), or "
+        "exactly-once (stored with each checkpoint, published in Kafka transactions, each "
+        "once for isolation.level=read_committed readers; they appear at checkpoints)",
     )
     add_option(
         monitor,
@@ -593,10 +595,6 @@ def _monitor(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from workers.model_store import load_newest_good  # noqa: PLC0415
     from workers.run_infer import install_stop_handlers  # noqa: PLC0415
 
-    if args.processing_guarantee == "exactly-once":
-        raise SettingsError(
-            "--processing-guarantee exactly-once is not available yet; use at-least-once"
-        )
     if (args.features_topic is None) != (args.model is None):
         raise SettingsError("--features-topic and --model go together (data drift needs both)")
     manifest = None
@@ -633,6 +631,7 @@ def _monitor(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         log_interval_s=args.log_interval_s,
         metrics_port=args.metrics_port,
         instance_id=args.instance_id,
+        exactly_once=args.processing_guarantee == "exactly-once",
     )
     stop = threading.Event()
     install_stop_handlers(stop)

@@ -17,7 +17,9 @@ from confluent_kafka import Producer
 
 from tests.conftest import KafkaUnderTest, TopicFactory, free_base_port
 from tests.integration.workers import WorkerProcess, read_topic
+from workers.checkpoint import CheckpointStore
 from workers.cli import main
+from workers.core.monitor import MonitorConfig, MonitorState
 from workers.schemas import load_schema
 
 BASE = 1_700_000_000_000
@@ -200,8 +202,9 @@ def test_join_counts_are_exact_in_either_arrival_order(
     assert 'scorestream_rolling_accuracy{model="m",version="1"}' in metrics
 
 
+@pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
 def test_a_drop_in_accuracy_raises_drift_and_threshold_alerts_after_the_change(
-    kafka: KafkaUnderTest, new_topic: TopicFactory, tmp_path: Path
+    kafka: KafkaUnderTest, new_topic: TopicFactory, tmp_path: Path, guarantee: str
 ) -> None:
     topics = {
         "predictions": new_topic(1, "-pred"),
@@ -210,7 +213,9 @@ def test_a_drop_in_accuracy_raises_drift_and_threshold_alerts_after_the_change(
     }
     s = scenario(8000, seed=2, accuracy_before=0.92, accuracy_after=0.6, change_at=4000)
     before = sum(1 for i in range(4000) if i % 10 != 0 and i % 7 != 0)
-    worker = WorkerProcess(*monitor_args(kafka, topics, tmp_path))
+    worker = WorkerProcess(
+        *monitor_args(kafka, topics, tmp_path, "--processing-guarantee", guarantee)
+    )
     try:
         worker.wait_for("partitions_assigned")
         produce(kafka.bootstrap_servers, topics["predictions"], s.predictions)
@@ -376,3 +381,47 @@ def test_a_moved_feature_raises_feature_drift_naming_it(
     assert alert["alert"] == "feature_drift"
     assert alert["model_name"] == "bc"
     assert "mean_radius" in alert["features"]
+
+
+def test_exactly_once_alerts_left_in_the_outbox_by_a_crash_are_published_once(
+    kafka: KafkaUnderTest, topics: dict[str, str], tmp_path: Path
+) -> None:
+    """The crash window of exactly-once alerts: checkpoint stored (with its outbox), some of
+    the outbox published, the rest not, the outbox not cleared. A restart publishes the rest."""
+    group = f"g-{topics['predictions']}"
+    store = CheckpointStore(
+        tmp_path / "monitor.sqlite",
+        {"group_id": group, "predictions_topic": topics["predictions"],
+         "labels_topic": topics["labels"], "features_topic": ""},
+    )  # fmt: skip
+    now = int(time.time() * 1000)
+    alerts = [
+        json.dumps({"alert": "drift_detected", "severity": "warning", "model_name": "m",
+                    "model_version": 1, "joined": 100 * i, "at": now}).encode()
+        for i in (1, 2, 3)
+    ]  # fmt: skip
+    store.save(MonitorState(MonitorConfig()), {}, {}, [(b"m", a, now) for a in alerts])
+    assert [seq for seq, _, _, _ in store.outbox()] == [1, 2, 3]
+    store.close()
+    transactional_id = f"{group}.monitor.main"
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers,
+                         "transactional.id": transactional_id})  # fmt: skip
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for seq in (1, 2):  # published before the crash
+        producer.produce(topics["alerts"], alerts[seq - 1], b"m", headers=[
+            ("scorestream.transactional_id", transactional_id),
+            ("scorestream.alert_seq", str(seq))])  # fmt: skip
+    producer.commit_transaction(30)
+
+    worker = WorkerProcess(
+        *monitor_args(kafka, topics, tmp_path, "--processing-guarantee", "exactly-once")
+    )
+    try:
+        recovered = worker.wait_for("alert_outbox_recovered")
+        records = read_topic(kafka.bootstrap_servers, topics["alerts"], 3, settle_s=2)
+    finally:
+        code, _ = worker.stop()
+    assert code == 0
+    assert (recovered["published_before"], recovered["to_publish"]) == (2, 1)
+    assert sorted(r.value or b"" for r in records) == sorted(alerts)  # each exactly once

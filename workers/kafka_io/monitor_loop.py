@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
@@ -19,12 +20,44 @@ from workers.core.drift import FeatureDrift
 from workers.core.events import EventDecoder, InvalidEvent
 from workers.core.monitor import MonitorConfig, MonitorState
 from workers.kafka_io.admin import admin_client
-from workers.kafka_io.clients import make_consumer, make_producer, redact
+from workers.kafka_io.clients import make_consumer, make_producer, redact, retry_until_ready
 from workers.metrics import MetricsServer, MonitorMetrics
 from workers.model_store import Manifest
 from workers.process_tuning import tune_process
 
 log = structlog.get_logger("scorestream.monitor")
+
+
+def _published_seqs(settings: MonitorSettings, transactional_id: str, since_ms: int) -> set[int]:
+    """Alert sequence numbers this monitor instance has in the alerts topic since `since_ms`."""
+    consumer = Consumer({
+        "bootstrap.servers": settings.bootstrap_servers, **settings.kafka_config,
+        "group.id": f"{settings.group_id}.outbox-check", "enable.auto.commit": False,
+        "isolation.level": "read_committed", "enable.partition.eof": True,
+    })  # fmt: skip
+    try:
+        meta = consumer.list_topics(settings.alerts_topic, timeout=30).topics[settings.alerts_topic]
+        wanted = [TopicPartition(settings.alerts_topic, p, since_ms) for p in meta.partitions]
+        starts = consumer.offsets_for_times(wanted, timeout=30)
+        consumer.assign(starts)
+        seqs: set[int] = set()
+        at_end: set[int] = set()
+        deadline = time.monotonic() + 60
+        while len(at_end) < len(starts) and time.monotonic() < deadline:
+            for msg in consumer.consume(500, 0.5):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001
+                        at_end.add(msg.partition() or 0)
+                    continue
+                headers = dict(msg.headers() or [])
+                if headers.get("scorestream.transactional_id") == transactional_id.encode():
+                    seqs.add(int(headers.get("scorestream.alert_seq", b"-1") or b"-1"))
+        return seqs
+    finally:
+        consumer.close()
+
+
 alert_log = structlog.get_logger("scorestream.alert")
 
 
@@ -51,6 +84,8 @@ class MonitorSettings:
     log_interval_s: float = 10.0
     metrics_port: int | None = None
     instance_id: str = "main"
+    # Alerts through an outbox stored with the checkpoint and published in transactions.
+    exactly_once: bool = False
 
 
 def check_partition_counts(settings: MonitorSettings) -> int:
@@ -104,13 +139,10 @@ class MonitorWorker:
         self._assigned = False
         # What the last summary said; partitions handed back at shutdown leave `state` empty.
         self.last_counters: dict[str, int] = {}
-        self.producer: Producer = make_producer(
-            s.bootstrap_servers,
-            s.kafka_config,
-            defaults={"linger.ms": 5},
-            required={"enable.idempotence": True, "acks": "all"},
-            name="monitor-producer",
-        )
+        # Exactly-once: alerts raised since the last checkpoint, (key, value, created_at ms).
+        self._outbox: list[tuple[bytes | None, bytes, int]] = []
+        self.transactional_id = f"{s.group_id}.monitor.{s.instance_id}" if s.exactly_once else None
+        self.producer: Producer = self._make_producer()
         self.consumer: Consumer = make_consumer(
             s.bootstrap_servers,
             s.kafka_config,
@@ -132,6 +164,63 @@ class MonitorWorker:
             },
             name="monitor-consumer",
         )
+
+    def _make_producer(self) -> Producer:
+        s = self.settings
+        required: dict[str, Any] = {"enable.idempotence": True, "acks": "all"}
+        if self.transactional_id is not None:
+            required["transactional.id"] = self.transactional_id
+        return make_producer(
+            s.bootstrap_servers, s.kafka_config, defaults={"linger.ms": 5},
+            required=required, name="monitor-producer",
+        )  # fmt: skip
+
+    # -- exactly-once alerts: an outbox in the checkpoint, published in transactions ---------
+
+    def _forget_published(self) -> None:
+        """After a crash between publishing and clearing the outbox, some of its alerts are in
+        the topic already: read the topic back from just before the oldest and drop those."""
+        pending = self.store.outbox()
+        if not pending:
+            return
+        since = min(at for _, at, _, _ in pending) - 60_000
+        seen = _published_seqs(self.settings, self.transactional_id or "", since)
+        done = [seq for seq, _, _, _ in pending if seq in seen]
+        self.store.published(done)
+        log.info("alert_outbox_recovered", published_before=len(done),
+                 to_publish=len(pending) - len(done))  # fmt: skip
+
+    def _publish(self) -> None:
+        """Publish the outbox in one transaction; clear it once committed."""
+        pending = self.store.outbox()
+        if not pending:
+            return
+        try:
+            self.producer.begin_transaction()
+            for seq, _, key, value in pending:
+                headers: list[tuple[str, str | bytes | None]] = [
+                           ("scorestream.transactional_id", self.transactional_id or ""),
+                           ("scorestream.alert_seq", str(seq))]  # fmt: skip
+                while True:
+                    try:
+                        self.producer.produce(self.settings.alerts_topic, value, key,
+                                              headers=headers)  # fmt: skip
+                        break
+                    except BufferError:
+                        self.producer.poll(0.1)
+            self.producer.commit_transaction(30)
+        except KafkaException as exc:
+            # Kept in the outbox: the next checkpoint tries again with a fresh producer.
+            log.warning("alerts_not_published", reason=exc.args[0].str(), pending=len(pending))
+            with contextlib.suppress(KafkaException):
+                self.producer.abort_transaction(10)
+            self.producer.purge()
+            self.producer.flush(0)
+            self.producer = self._make_producer()
+            with contextlib.suppress(KafkaException):
+                self.producer.init_transactions(30)
+            return
+        self.store.published(seq for seq, _, _, _ in pending)
 
     def _init_feature_drift(self, manifest: Manifest) -> None:
         summary = manifest.raw.get("feature_summary") or {}
@@ -206,6 +295,17 @@ class MonitorWorker:
             max_pending=s.config.max_pending,
             kafka_config=redact(s.kafka_config),
         )
+        if s.exactly_once:
+            ready = retry_until_ready(
+                lambda: self.producer.init_transactions(10), stop,
+                what="init_transactions", bootstrap_servers=s.bootstrap_servers,
+            )  # fmt: skip
+            if not ready:
+                self.consumer.close()
+                self.store.close()
+                return
+            self._forget_published()
+            self._publish()
         server = None
         if s.metrics_port is not None:
             server = MetricsServer(s.metrics_port, self.metrics.registry, lambda: self._assigned)
@@ -269,6 +369,9 @@ class MonitorWorker:
         alert_log.warning(name, alert=name, **fields)
         self.metrics.alerts.labels(name).inc()
         encoded = msgspec.json.encode(alert)
+        if self.settings.exactly_once:
+            self._outbox.append((alert.model_name.encode(), encoded, time.time_ns() // 1_000_000))
+            return
         while True:
             try:
                 self.producer.produce(
@@ -280,12 +383,26 @@ class MonitorWorker:
         self.producer.poll(0)
 
     def checkpoint(self) -> None:
-        """Alerts acknowledged, then state and offsets stored together, then Kafka told."""
+        """Alerts acknowledged, then state and offsets stored together, then Kafka told.
+
+        Exactly-once: state, offsets and the alerts that state raised are stored together,
+        then the alerts are published in a transaction and dropped from the outbox."""
+        if self.settings.exactly_once:
+            global_state = dataclasses.replace(self.state, joins={})
+            self.store.save(global_state, dict(self.state.joins), self.offsets, self._outbox)
+            self._outbox = []
+            self._publish()
+            self._commit_positions()
+            return
         if self.producer.flush(30) > 0:
             log.warning("checkpoint_deferred", reason="alerts not yet acknowledged")
             return
         global_state = dataclasses.replace(self.state, joins={})
         self.store.save(global_state, dict(self.state.joins), self.offsets)
+        self._commit_positions()
+
+    def _commit_positions(self) -> None:
+        """Kafka's committed offsets only show the lag: the checkpoint is the truth."""
         if self.offsets:
             try:
                 self.consumer.commit(
