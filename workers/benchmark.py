@@ -8,6 +8,7 @@ Everything runs against a real broker, in the same run, with the same client set
   c. infer-lr     scorestream's inference worker, logistic-regression pipeline
   d. infer-hgb    scorestream's inference worker, 100-tree HistGradientBoosting
   e. monitor      scorestream's monitor on a joined prediction + label stream
+  f. infer-lr-eos (c) with --processing-guarantee exactly-once (what transactions cost)
 
 Each workload runs in its own process (so CPU seconds and peak RSS are its own) and is timed
 from its first record to its last. Latency: events produced at 50% of (c)'s measured maximum
@@ -209,6 +210,7 @@ def run_infer(cfg: dict[str, Any]) -> dict[str, Any]:
         batch_size=1000, batch_timeout_ms=20, kafka_config=cfg.get("kafka_config", {}),
         max_value_bytes=1_048_576,
         log_interval_s=3600, confirm_interval_s=cfg.get("confirm_interval_s", 0.5),
+        exactly_once=cfg.get("exactly_once", False),
     )  # fmt: skip
     worker = InferenceWorker(settings, load_newest_good(Path(cfg["model_dir"]), None))
     assign = worker._on_assign  # noqa: SLF001 - announce readiness to the latency driver
@@ -405,7 +407,7 @@ def preload_joined(bootstrap: str, topics: dict[str, str], n: int) -> None:
     produce_all(bootstrap, topics["labels"], labels)
 
 
-WORKLOAD_KEYS = ("a", "b", "c", "d", "e", "latency", "memory")
+WORKLOAD_KEYS = ("a", "b", "c", "d", "e", "f", "latency", "memory")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -419,7 +421,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--only",
         default=",".join(WORKLOAD_KEYS),
-        help="comma-separated subset of a,b,c,d,e,latency,memory (all); latency needs c's "
+        help="comma-separated subset of a,b,c,d,e,f,latency,memory (all; f is (c) with "
+        "--processing-guarantee exactly-once); latency needs c's "
         "maximum and measures it when c is not listed",
     )
     parser.add_argument(
@@ -542,6 +545,9 @@ class Bench:
             rounds.append(("c infer-lr", "infer", lambda i: self.infer_cfg("lr", f"lr{i}")))
         if "d" in only:
             rounds.append(("d infer-hgb", "infer", lambda i: self.infer_cfg("hgb", f"hgb{i}")))
+        if "f" in only:
+            rounds.append(("f infer-lr exactly-once", "infer", lambda i: {
+                **self.infer_cfg("lr", f"eos{i}"), "exactly_once": True}))  # fmt: skip
         if "e" in only:
             joined = {"predictions": self.topic("predictions", dlq=False),
                       "labels": self.topic("labels", dlq=False)}  # fmt: skip

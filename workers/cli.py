@@ -189,7 +189,8 @@ def _add_bench_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noq
         description="Against a real broker (SCORESTREAM_BOOTSTRAP_SERVERS, or a local one "
         "started on port 39092 and stopped after): preload --events events, then measure "
         "(a) a bare passthrough, (b) a naive one-message loop, (c) infer with logistic "
-        "regression, (d) infer with 100-tree HistGradientBoosting, (e) the monitor; latency "
+        "regression, (d) infer with 100-tree HistGradientBoosting, (e) the monitor, (f) (c) "
+        "exactly-once; latency "
         "at half of (c)'s maximum beside (a); bytes per pending prediction in the monitor. "
         "Prints a table with PASS/MISS per target and writes --out. Takes about 5 minutes "
         "(--quick: seconds). Exit 1 when a target is missed.",

@@ -26,7 +26,7 @@ def test_throughput_bench_quick_mode_runs_every_workload(
     result = json.loads(out.read_text())
     workloads = result["workloads"]
     assert set(workloads) == {"a passthrough", "b naive", "c infer-lr", "d infer-hgb",
-                              "e monitor"}  # fmt: skip
+                              "e monitor", "f infer-lr exactly-once"}  # fmt: skip
     assert all(w["events_per_s"] > 0 for w in workloads.values())
     assert workloads["e monitor"]["joined"] == result["events"]
     assert set(result["latency"]) == {"c infer-lr", "a passthrough"}
