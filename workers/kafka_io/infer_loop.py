@@ -153,6 +153,7 @@ class InferenceWorker:
         self._txn_started = 0.0
         # Producers stuck inside librdkafka, kept referenced: destroying one would block too.
         self.abandoned_producers: list[Producer] = []
+        self._stop = threading.Event()  # run()'s, once it runs
         self.transactional_id = (
             f"{settings.group_id}.{settings.instance_id or self._process_identity()}"
             if settings.exactly_once
@@ -450,8 +451,7 @@ class InferenceWorker:
         )
         self._txn_open = False
         self.abandoned_producers.append(self.producer)  # never destroyed: that would block
-        self.producer = self._make_producer()
-        self.producer.init_transactions(30)
+        self._fresh_producer()
         self._rewind_to_committed("transactional call did not return")
 
     def _rewind_to_committed(self, reason: str) -> None:
@@ -486,17 +486,26 @@ class InferenceWorker:
         after some failures (a record the broker refused) librdkafka's own abort leaves
         sequence numbers that the next transaction trips over, so recovery never relies on it.
         """
-        if not self._txn_open:
-            return
-        self._txn_open = False
-        try:
-            self.producer.abort_transaction(10)
-        except KafkaException as exc:
-            log.warning("abort_failed", reason=exc.args[0].str())
+        if self._txn_open:
+            self._txn_open = False
+            try:
+                self.producer.abort_transaction(10)
+            except KafkaException as exc:
+                log.warning("abort_failed", reason=exc.args[0].str())
         self.producer.purge()
         self.producer.flush(0)
+        self._fresh_producer()
+
+    def _fresh_producer(self) -> None:
+        """A new transactional producer, initialised once the cluster answers."""
         self.producer = self._make_producer()
-        self.producer.init_transactions(30)
+        producer = self.producer
+        retry_until_ready(
+            lambda: producer.init_transactions(10),
+            self._stop,
+            what="init_transactions",
+            bootstrap_servers=self.settings.bootstrap_servers,
+        )
         log.info("producer_replaced", transactional_id=self.transactional_id)
 
     # -- rebalance --------------------------------------------------------------------------
@@ -560,6 +569,7 @@ class InferenceWorker:
 
     def run(self, stop: threading.Event) -> None:
         s = self.settings
+        self._stop = stop
         tune_process()
         if not self._connect(stop):  # stopped before Kafka answered
             self.consumer.close()
