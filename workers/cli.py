@@ -177,7 +177,83 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     _add_infer_parser(commands, environ)
     _add_monitor_parser(commands, environ)
     _add_bench_parser(commands, environ)
+    _add_produce_parser(commands, environ)
     return parser
+
+
+def _add_produce_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN401
+    from workers.training import DATASETS  # noqa: PLC0415
+
+    produce = commands.add_parser(
+        "produce",
+        help="send a synthetic feature stream and its delayed labels, at a set rate",
+        description="Feature events drawn from a bundled data set (the one --model was trained "
+        "on, or --dataset) with a little noise, at --rate per second, and for each a label "
+        "sent --label-delay-min-s to --label-delay-max-s later (event time follows the wall "
+        "clock). From --drift-at on, labels are flipped with probability 0.5: a concept "
+        "drift for the monitor to find. Runs until --events are sent (and their labels), or "
+        "until SIGTERM/SIGINT with --events 0.",
+    )
+    _add_kafka_options(produce, environ)
+    add_option(produce, "--features-topic", environ=environ, default="features",
+               help="where feature events go")  # fmt: skip
+    add_option(produce, "--labels-topic", environ=environ, default="labels",
+               help="where labels go ('' for none)")  # fmt: skip
+    add_option(produce, "--model", environ=environ, type=Path,
+               help="models/NAME: use its features and the data set it was trained on")  # fmt: skip
+    add_option(produce, "--dataset", environ=environ, choices=sorted(DATASETS),
+               default="breast_cancer", help="data set when no --model is given")  # fmt: skip
+    add_option(produce, "--events", environ=environ, type=int, default=10_000,
+               help="how many events (0: until stopped)")  # fmt: skip
+    add_option(produce, "--rate", environ=environ, type=float, default=1000.0,
+               help="events per second")  # fmt: skip
+    add_option(produce, "--drift-at", environ=environ, type=int,
+               help="from this event on, labels flip with probability 0.5")  # fmt: skip
+    add_option(produce, "--label-delay-min-s", environ=environ, type=float, default=1.0,
+               help="shortest delay of a label after its event")  # fmt: skip
+    add_option(produce, "--label-delay-max-s", environ=environ, type=float, default=60.0,
+               help="longest delay of a label after its event")  # fmt: skip
+    add_option(produce, "--label-fraction", environ=environ, type=float, default=1.0,
+               help="share of events that ever get a label")  # fmt: skip
+    add_option(produce, "--prefix", environ=environ, default="evt", help="event_id prefix")
+    add_option(produce, "--seed", environ=environ, type=int, default=0, help="random seed")
+    add_option(produce, "--log-interval-s", environ=environ, type=float, default=5.0,
+               help="seconds between progress lines")  # fmt: skip
+    _add_logging_options(produce, environ)
+    produce.set_defaults(handler=_produce)
+
+
+def _produce(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from workers.core.synthetic import StreamSpec  # noqa: PLC0415
+    from workers.model_store import load_newest_good  # noqa: PLC0415
+    from workers.produce import ProduceSettings, run_produce  # noqa: PLC0415
+    from workers.run_infer import install_stop_handlers  # noqa: PLC0415
+    from workers.training import load_dataset  # noqa: PLC0415
+
+    if args.rate <= 0 or args.events < 0:
+        raise SettingsError("--rate must be > 0 and --events >= 0")
+    if not 0 <= args.label_delay_min_s <= args.label_delay_max_s:
+        raise SettingsError("need 0 <= --label-delay-min-s <= --label-delay-max-s")
+    dataset = args.dataset
+    if args.model is not None:
+        manifest = load_newest_good(args.model, None).manifest
+        dataset = manifest.raw.get("dataset") or dataset
+    data = load_dataset(dataset)
+    spec = StreamSpec(
+        features=data.features, rows=data.x, labels=data.y.astype("int64"), prefix=args.prefix,
+        seed=args.seed, drift_at=args.drift_at, label_fraction=args.label_fraction,
+        label_delay_ms=(int(args.label_delay_min_s * 1000), int(args.label_delay_max_s * 1000)),
+    )  # fmt: skip
+    settings = ProduceSettings(
+        bootstrap_servers=args.bootstrap_servers, features_topic=args.features_topic,
+        labels_topic=args.labels_topic or None, events=args.events, rate=args.rate, spec=spec,
+        kafka_config=kafka_config(args.kafka_config, args.kafka_config_file, environ),
+        log_interval_s=args.log_interval_s,
+    )  # fmt: skip
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    counts = run_produce(settings, stop)
+    return EXIT_ERROR if counts.failed else EXIT_OK
 
 
 def _add_bench_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN401

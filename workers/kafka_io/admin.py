@@ -89,3 +89,17 @@ def create_topics(
     futures = client.create_topics(new, operation_timeout=timeout_s, request_timeout=timeout_s)
     for future in futures.values():
         future.result(timeout=timeout_s)
+
+
+def create_missing_topics(
+    bootstrap_servers: str,
+    topics: Mapping[str, int],
+    config: Mapping[str, str] | None = None,
+    timeout_s: float = 5.0,
+) -> list[str]:
+    """Create those of `topics` that do not exist yet (an existing one is left as it is)."""
+    existing = admin_client(bootstrap_servers).list_topics(timeout=timeout_s).topics
+    missing = {name: parts for name, parts in topics.items() if name not in existing}
+    if missing:
+        create_topics(bootstrap_servers, missing, config=config)
+    return sorted(missing)
