@@ -180,6 +180,7 @@ def run(cfg: ChaosConfig) -> ChaosReport:  # noqa: PLR0915 - a scenario that rea
         report.monitor_expected = _expected(monitor_truth)
         report.monitor_final = _monitor_final(monitor, report.monitor_expected)
     finally:
+        _keep_logs(jobs, cfg.work_dir / "logs")
         for job in jobs:
             for code in job.stop():
                 if code != 0:
@@ -187,6 +188,15 @@ def run(cfg: ChaosConfig) -> ChaosReport:  # noqa: PLR0915 - a scenario that rea
         cluster.stop(layout)
     report.seconds = round(time.monotonic() - started, 1)
     return report
+
+
+def _keep_logs(jobs: list[Job], folder: Path) -> None:
+    """Every worker's log lines, killed incarnations included, for a failure to be read."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for job in jobs:
+        for n, proc in enumerate(job.retired + job.procs):
+            path = folder / f"{job.name}-{n}.jsonl"
+            path.write_text("".join(json.dumps(line) + "\n" for line in proc.lines))
 
 
 def _schedule(cfg: ChaosConfig, rng: random.Random) -> list[tuple[float, str]]:
@@ -324,12 +334,13 @@ def main() -> int:
     parser.add_argument("--monitor-events", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="scorestream-chaos-") as work:
-        cfg = ChaosConfig(Path(work), args.events, args.feed_seconds, args.worker_kills,
-                          args.monitor_kills, args.broker_kills, args.monitor_events,
-                          args.seed)  # fmt: skip
-        report = run(cfg)
+    work = Path(tempfile.mkdtemp(prefix="scorestream-chaos-"))
+    cfg = ChaosConfig(work, args.events, args.feed_seconds, args.worker_kills,
+                      args.monitor_kills, args.broker_kills, args.monitor_events,
+                      args.seed)  # fmt: skip
+    report = run(cfg)
     print(json.dumps({**asdict(report), "ok": report.ok}, indent=2))
+    print(f"worker logs: {work / 'logs'}")
     return 0 if report.ok else 1
 
 

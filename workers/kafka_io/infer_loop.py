@@ -370,12 +370,11 @@ class InferenceWorker:
     # -- exactly-once -----------------------------------------------------------------------
 
     def _init_transactions(self, stop: threading.Event) -> bool:
-        return retry_until_ready(
-            lambda: self.producer.init_transactions(30),
-            stop,
-            what="init_transactions",
-            bootstrap_servers=self.settings.bootstrap_servers,
-        )
+        producer = self._initialised_producer(stop)
+        if producer is None:
+            return False
+        self.producer = producer
+        return True
 
     def _begin(self) -> None:
         if not self._txn_open:
@@ -497,16 +496,42 @@ class InferenceWorker:
         self._fresh_producer()
 
     def _fresh_producer(self) -> None:
-        """A new transactional producer, initialised once the cluster answers."""
-        self.producer = self._make_producer()
-        producer = self.producer
-        retry_until_ready(
-            lambda: producer.init_transactions(10),
-            self._stop,
-            what="init_transactions",
-            bootstrap_servers=self.settings.bootstrap_servers,
-        )
+        """A new transactional producer, initialised once the cluster answers.
+
+        init_transactions can hang inside librdkafka like send_offsets_to_transaction (the
+        same coordinator-request bug), so each attempt is bounded; a stuck producer is set
+        aside and the next attempt starts from a new one."""
+        self.producer = self._initialised_producer(self._stop) or self.producer
         log.info("producer_replaced", transactional_id=self.transactional_id)
+
+    def _initialised_producer(self, stop: threading.Event) -> Producer | None:
+        producer, backoff, attempt = self._make_producer(), 1.0, 0
+        while not stop.is_set():
+            attempt += 1
+            try:
+                _bounded(lambda p=producer: p.init_transactions(10), TXN_CALL_LIMIT_S)
+            except _Stuck:
+                log.error("init_transactions_stuck", waited_s=TXN_CALL_LIMIT_S, attempt=attempt)
+                self.abandoned_producers.append(producer)
+                producer = self._make_producer()
+                continue
+            except KafkaException as exc:
+                err = exc.args[0]
+                log.warning(
+                    "kafka_unreachable",
+                    what="init_transactions",
+                    bootstrap_servers=self.settings.bootstrap_servers,
+                    attempt=attempt,
+                    reason=err.str(),
+                    retry_in_s=backoff,
+                )
+                if err.fatal():
+                    producer = self._make_producer()
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            return producer
+        return None
 
     # -- rebalance --------------------------------------------------------------------------
 
