@@ -491,8 +491,11 @@ class InferenceWorker:
                 self.producer.abort_transaction(10)
             except KafkaException as exc:
                 log.warning("abort_failed", reason=exc.args[0].str())
-        self.producer.purge()
-        self.producer.flush(0)
+        try:
+            self.producer.purge()
+            self.producer.flush(0)
+        except KafkaException as exc:  # fenced or fatal: it is being replaced anyway
+            log.warning("producer_discarded", reason=exc.args[0].str())
         self._fresh_producer()
 
     def _fresh_producer(self) -> None:
