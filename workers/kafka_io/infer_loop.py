@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -279,11 +280,7 @@ class InferenceWorker:
         offsets = [TopicPartition(t, p, nxt) for (t, p), (_, nxt) in self._pending.items()]
         self._pending = {}
         self._rewind_backoff_s = 0.0
-        # A resumed partition that got this far is healthy again: forget its backoff.
-        self._paused = {
-            k: v for k, v in self._paused.items() if v[0] != float("inf") or k in held_back
-        }
-        self.metrics.paused.set(len(self._paused))
+        self._forget_recovered(still_failing=held_back.keys())
         if not offsets:
             return
         try:
@@ -352,6 +349,14 @@ class InferenceWorker:
             fix="make the DLQ topic writable (exists, this client may write, max.message.bytes)",
         )
 
+    def _forget_recovered(self, still_failing: Collection[TopicKey] = ()) -> None:
+        """Outputs committed: a resumed partition that got this far is healthy again, so its
+        backoff is forgotten (unless it is among those that just failed)."""
+        self._paused = {
+            k: v for k, v in self._paused.items() if v[0] != float("inf") or k in still_failing
+        }
+        self.metrics.paused.set(len(self._paused))
+
     def _resume_due(self) -> None:
         now = time.monotonic()
         for key, (at, backoff) in list(self._paused.items()):
@@ -412,8 +417,7 @@ class InferenceWorker:
         self._txn_open = False
         self._pending = {}
         self._rewind_backoff_s = 0.0
-        self._paused = {k: v for k, v in self._paused.items() if v[0] != float("inf")}
-        self.metrics.paused.set(len(self._paused))
+        self._forget_recovered()
         self.metrics.transactions.labels("committed").inc()
 
     @staticmethod
