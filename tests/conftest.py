@@ -113,3 +113,9 @@ def registry(trained_registry: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "models"
     shutil.copytree(trained_registry, copy)
     return copy
+
+
+@pytest.fixture(params=["at-least-once", "exactly-once"])
+def guarantee(request: pytest.FixtureRequest) -> str:
+    """Run the test once per --processing-guarantee."""
+    return str(request.param)

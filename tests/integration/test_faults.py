@@ -11,26 +11,23 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin._config import AlterConfigOpType, ConfigEntry, ConfigResource
+from confluent_kafka import Producer
 
 from tests.conftest import KafkaUnderTest, TopicFactory, free_base_port
 from tests.integration.test_infer import events, feature_rows, infer_args
-from tests.integration.workers import WorkerProcess, iter_chunks, read_topic
-from workers.kafka_io.admin import admin_client, create_topics
+from tests.integration.workers import (
+    WorkerProcess,
+    committed_offset,
+    iter_chunks,
+    read_topic,
+    set_topic_config,
+)
+from workers.kafka_io.admin import create_topics
 from workers.kafka_io.roundtrip import produce_all
 from workers.local_kafka import cluster
 from workers.local_kafka.layout import ClusterLayout
 from workers.local_kafka.runtime import default_cache_dir
 from workers.model_store import load_version
-
-GUARANTEES = ["at-least-once", "exactly-once"]
-
-
-@pytest.fixture(params=GUARANTEES)
-def guarantee(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float = 60) -> None:
@@ -40,30 +37,8 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 60) -> None:
         time.sleep(0.2)
 
 
-def committed(bootstrap: str, group: str, topic: str, partition: int) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        [tp] = consumer.committed([TopicPartition(topic, partition)], timeout=10)
-    finally:
-        consumer.close()
-    return int(tp.offset)
-
-
 def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        return sum(max(tp.offset, 0) for tp in consumer.committed(tps, timeout=10))
-    finally:
-        consumer.close()
-
-
-def set_topic_config(bootstrap: str, topic: str, key: str, value: str) -> None:
-    resource = ConfigResource("topic", topic, incremental_configs=[
-        ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET)])  # fmt: skip
-    admin = admin_client(bootstrap)  # kept referenced until the futures resolve
-    for future in admin.incremental_alter_configs([resource]).values():
-        future.result(timeout=30)
+    return sum(max(committed_offset(bootstrap, group, topic, p), 0) for p in range(partitions))
 
 
 def test_a_dlq_that_refuses_pauses_only_its_partition_and_loses_nothing(
@@ -92,15 +67,19 @@ def test_a_dlq_that_refuses_pauses_only_its_partition_and_loses_nothing(
         assert "too large" in paused["reason"].lower()
         # Partition 1 flows on to its end; partition 0 never commits past the poison.
         group = f"g-{topics['in']}"
-        wait_until(lambda: committed(kafka.bootstrap_servers, group, topics["in"], 1) == 1000)
-        assert committed(kafka.bootstrap_servers, group, topics["in"], 0) <= 250
+
+        def committed(partition: int) -> int:
+            return committed_offset(kafka.bootstrap_servers, group, topics["in"], partition)
+
+        wait_until(lambda: committed(1) == 1000)
+        assert committed(0) <= 250
         worker.wait_for("partition_resumed")  # it retries, and is paused again
-        assert committed(kafka.bootstrap_servers, group, topics["in"], 0) <= 250
+        assert committed(0) <= 250
 
         set_topic_config(kafka.bootstrap_servers, topics["dlq"], "max.message.bytes", "1048576")
         predictions = read_topic(kafka.bootstrap_servers, topics["out"], 2000)
         dead = read_topic(kafka.bootstrap_servers, topics["dlq"], 1)
-        wait_until(lambda: committed(kafka.bootstrap_servers, group, topics["in"], 0) == 1001)
+        wait_until(lambda: committed(0) == 1001)
     finally:
         code, _ = worker.stop()
     assert code == 0

@@ -11,14 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin._config import AlterConfigOpType, ConfigEntry, ConfigResource
 
 from tests.conftest import KafkaUnderTest, TopicFactory, free_base_port
 from tests.corpus import BAD
-from tests.integration.workers import WorkerProcess, read_topic
+from tests.integration.workers import (
+    WorkerProcess,
+    committed_offset,
+    read_topic,
+    set_topic_config,
+)
 from workers.core.events import ErrorType
-from workers.kafka_io.admin import admin_client, create_topics
+from workers.kafka_io.admin import create_topics
 from workers.kafka_io.roundtrip import produce_all
 from workers.model_store import load_version
 from workers.training import load_dataset, train
@@ -59,14 +62,6 @@ def infer_args(
         "--max-value-bytes", str(MAX_VALUE_BYTES),
         *extra,
     ]  # fmt: skip
-
-
-GUARANTEES = ["at-least-once", "exactly-once"]
-
-
-@pytest.fixture(params=GUARANTEES)
-def guarantee(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 @pytest.fixture
@@ -286,12 +281,7 @@ def test_a_failed_delivery_never_advances_the_offset(
         assert committed_offset(kafka.bootstrap_servers, group, topics["in"]) < 0
 
         # Once the topic accepts them, every event comes through.
-        admin = admin_client(kafka.bootstrap_servers)
-        resource = ConfigResource("topic", topics["out"], incremental_configs=[
-            ConfigEntry("max.message.bytes", "1048576",
-                        incremental_operation=AlterConfigOpType.SET)])  # fmt: skip
-        for future in admin.incremental_alter_configs([resource]).values():
-            future.result(timeout=30)
+        set_topic_config(kafka.bootstrap_servers, topics["out"], "max.message.bytes", "1048576")
         predictions = read_topic(kafka.bootstrap_servers, topics["out"], 500)
         deadline = time.monotonic() + 30
         while committed_offset(kafka.bootstrap_servers, group, topics["in"]) != 500:
@@ -303,12 +293,3 @@ def test_a_failed_delivery_never_advances_the_offset(
     assert {r.json()["event_id"] for r in predictions} == {f"f-{i}" for i in range(500)}
     backoffs = [e["retry_in_s"] for e in worker.events("delivery_failed")]
     assert backoffs == sorted(backoffs)  # growing, not a tight loop
-
-
-def committed_offset(bootstrap: str, group: str, topic: str) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        [tp] = consumer.committed([TopicPartition(topic, 0)], timeout=10)
-    finally:
-        consumer.close()
-    return tp.offset

@@ -14,6 +14,10 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin._config import AlterConfigOpType, ConfigEntry, ConfigResource
+
+from workers.kafka_io.admin import admin_client
 from workers.kafka_io.roundtrip import Received, consume_exact
 
 
@@ -89,3 +93,21 @@ def read_topic(
 def iter_chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+def committed_offset(bootstrap: str, group: str, topic: str, partition: int = 0) -> int:
+    """The group's committed offset of one partition (negative when none)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        [tp] = consumer.committed([TopicPartition(topic, partition)], timeout=10)
+    finally:
+        consumer.close()
+    return int(tp.offset)
+
+
+def set_topic_config(bootstrap: str, topic: str, key: str, value: str) -> None:
+    resource = ConfigResource("topic", topic, incremental_configs=[
+        ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET)])  # fmt: skip
+    admin = admin_client(bootstrap)  # kept referenced until the futures resolve
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(timeout=30)
