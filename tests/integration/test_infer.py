@@ -18,6 +18,7 @@ from tests.integration.workers import (
     WorkerProcess,
     committed_offset,
     read_topic,
+    scrape,
     set_topic_config,
 )
 from workers.core.events import ErrorType
@@ -139,8 +140,7 @@ def test_valid_events_are_scored_and_every_bad_one_is_dead_lettered(  # noqa: PL
         worker.wait_for("infer_summary")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
             assert response.status == 200
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            metrics = response.read().decode()
+        metrics = scrape(port)
     finally:
         code, _ = worker.stop()
     assert code == 0
@@ -183,10 +183,19 @@ def test_valid_events_are_scored_and_every_bad_one_is_dead_lettered(  # noqa: PL
     assert summary["scored"] == 10_000
     assert sum(summary["dead_letters"].values()) == len(bad)
     assert len(worker.lines) < 100
-    assert "scorestream_predictions_total 10000.0" in metrics
-    assert f"scorestream_events_consumed_total {10_000 + len(bad)}.0" in metrics
-    assert 'scorestream_dead_letters_total{reason="schema"}' in metrics
-    assert 'scorestream_model_version{model="bc"} 1.0' in metrics
+    assert metrics["scorestream_predictions_total", ()] == 10_000
+    assert metrics["scorestream_events_consumed_total", ()] == 10_000 + len(bad)
+    assert metrics["scorestream_dead_letters_total", (("reason", "schema"),)] > 0
+    assert metrics["scorestream_model_version", (("model", "bc"),)] == 1
+    sha = load_version(model_dir / "1").manifest.sha256
+    info = (("model", "bc"), ("sha256", sha), ("version", "1"))
+    assert metrics["scorestream_model_info", info] == 1
+    # Every consumed event's latency was observed, in one histogram call per batch.
+    assert metrics["scorestream_end_to_end_latency_seconds_count", ()] == 10_000 + len(bad)
+    lags = {
+        labels: v for (name, labels), v in metrics.items() if name == "scorestream_consumer_lag"
+    }
+    assert {dict(labels)["partition"] for labels in lags} == {"0", "1", "2", "3"}
     assert worker.events("infer_stopped")
 
 

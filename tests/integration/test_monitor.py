@@ -6,7 +6,6 @@ import json
 import random
 import signal
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,11 @@ import pytest
 from confluent_kafka import Producer
 
 from tests.conftest import KafkaUnderTest, TopicFactory, free_base_port
-from tests.integration.workers import WorkerProcess, read_topic
+from tests.integration.workers import WorkerProcess, read_topic, scrape
 from workers.checkpoint import CheckpointStore
 from workers.cli import main
 from workers.core.monitor import MonitorConfig, MonitorState
+from workers.metrics import REFRESH_INTERVAL_S
 from workers.schemas import load_schema
 
 BASE = 1_700_000_000_000
@@ -190,16 +190,20 @@ def test_join_counts_are_exact_in_either_arrival_order(
         produce(kafka.bootstrap_servers, topics["predictions"], s.predictions[:50])
         advance_clocks(kafka.bootstrap_servers, topics, 4)
         summary = wait_for_summary(worker, {**expected_counts(s), "duplicate_predictions": 50})
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            metrics = response.read().decode()
+        time.sleep(REFRESH_INTERVAL_S * 1.5)  # the metrics snapshot is refreshed once a second
+        metrics = scrape(port)
     finally:
         code, _ = worker.stop()
     assert code == 0
     # Accuracy over all joined pairs (the window holds them all) equals the offline truth.
     assert summary["versions"]["m/v1"]["window_accuracy"] == s.correct / s.joined
     assert summary["versions"]["m/v1"]["joined"] == s.joined
-    assert f'scorestream_monitor_join{{counter="joined"}} {float(s.joined)}' in metrics
-    assert 'scorestream_rolling_accuracy{model="m",version="1"}' in metrics
+    assert metrics["scorestream_monitor_outcomes_total", (("outcome", "joined"),)] == s.joined
+    expired = (("outcome", "expired_without_label"),)
+    assert metrics["scorestream_monitor_outcomes_total", expired] == s.expired
+    version = (("model", "m"), ("version", "1"))
+    assert metrics["scorestream_rolling_accuracy", version] == s.correct / s.joined
+    assert metrics["scorestream_monitor_version_joined_total", version] == s.joined
 
 
 @pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])

@@ -10,12 +10,14 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin._config import AlterConfigOpType, ConfigEntry, ConfigResource
+from prometheus_client.parser import text_string_to_metric_families
 
 from workers.kafka_io.admin import admin_client
 from workers.kafka_io.roundtrip import Received, consume_exact
@@ -111,3 +113,14 @@ def set_topic_config(bootstrap: str, topic: str, key: str, value: str) -> None:
     admin = admin_client(bootstrap)  # kept referenced until the futures resolve
     for future in admin.incremental_alter_configs([resource]).values():
         future.result(timeout=30)
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """One /metrics scrape as {(sample name, sorted labels): value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }

@@ -156,3 +156,20 @@ def retry_until_ready(
             log.info("kafka_reachable", what=what, attempts=attempt)
         return True
     return False
+
+
+def partition_lags(consumer: Consumer) -> dict[tuple[str, int], int] | None:
+    """Records behind the high watermark per assigned partition, from the consumer's cached
+    watermarks (no broker round trip); None while the client cannot tell."""
+    try:
+        assignment = consumer.assignment()
+        if not assignment:
+            return {}
+        lags: dict[tuple[str, int], int] = {}
+        for tp in consumer.position(assignment):
+            _, high = consumer.get_watermark_offsets(tp, cached=True)
+            if tp.offset >= 0 and high >= 0:
+                lags[(tp.topic, tp.partition)] = max(high - tp.offset, 0)
+    except KafkaException:
+        return None
+    return lags

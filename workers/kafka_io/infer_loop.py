@@ -29,6 +29,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, cast
 
+import numpy as np
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
@@ -39,10 +40,11 @@ from workers.kafka_io.clients import (
     ErrorReporter,
     make_consumer,
     make_producer,
+    partition_lags,
     redact,
     retry_until_ready,
 )
-from workers.metrics import InferMetrics, MetricsServer
+from workers.metrics import REFRESH_INTERVAL_S, InferMetrics, MetricsServer, Snapshot
 from workers.model_store import LoadedModel, ModelWatcher
 from workers.process_tuning import tune_process
 
@@ -135,7 +137,7 @@ class InferenceWorker:
         self.watcher = watcher
         self.stats = _Stats()
         self.metrics = InferMetrics()
-        self.metrics.model_version.labels(self.model.name).set(self.model.version)
+        self.metrics.serving(self.model.name, self.model.version, self.model_sha256)
         self._assigned = False
         # Failed deliveries: the error and, for a dead letter, its source partition.
         self._failed_deliveries: list[tuple[KafkaError, int | None]] = []
@@ -542,6 +544,11 @@ class InferenceWorker:
 
     # -- rebalance --------------------------------------------------------------------------
 
+    def ready(self) -> bool:
+        """/healthz: in the group with partitions handed out (the model is loaded before the
+        worker exists: a worker without one never starts)."""
+        return self._assigned
+
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned = True
         log.info(
@@ -633,7 +640,7 @@ class InferenceWorker:
         )
         server = None
         if s.metrics_port is not None:
-            server = MetricsServer(s.metrics_port, self.metrics.registry, lambda: self._assigned)
+            server = MetricsServer(s.metrics_port, self.metrics.registry, self.ready)
             server.start()
             log.info("metrics_serving", port=server.port)
         try:
@@ -647,7 +654,11 @@ class InferenceWorker:
         s = self.settings
         timeout_s = s.batch_timeout_ms / 1000
         next_summary = time.monotonic() + s.log_interval_s
+        next_refresh = time.monotonic() + REFRESH_INTERVAL_S
         while not stop.is_set():
+            if time.monotonic() >= next_refresh:
+                self._refresh_metrics()
+                next_refresh = time.monotonic() + REFRESH_INTERVAL_S
             if self._resume_at > time.monotonic():
                 stop.wait(min(self._resume_at - time.monotonic(), 0.1))
                 continue
@@ -706,6 +717,11 @@ class InferenceWorker:
         for index, invalid in result.invalid:
             self._dead_letter(records[index], invalid)
         metrics = self.metrics
+        # Timestamps of 0 or below: the producer set none (old clients), nothing to measure.
+        stamps = np.asarray(timestamps, dtype=np.int64)
+        stamps = stamps[stamps > 0]
+        done_ms = time.time_ns() // 1_000_000
+        metrics.latency.observe_many(np.maximum(done_ms - stamps, 0) / 1000.0)
         metrics.consumed.inc(len(records))
         metrics.scored.inc(len(result.predictions))
         metrics.batch_size.observe(len(records))
@@ -769,7 +785,7 @@ class InferenceWorker:
         previous = self.model.version
         self.model = serving_model(ready, self.settings.max_value_bytes)
         self.model_sha256 = ready.manifest.sha256
-        self.metrics.model_version.labels(self.model.name).set(self.model.version)
+        self.metrics.serving(self.model.name, self.model.version, self.model_sha256)
         log.info(
             "model_swapped",
             model=self.model.name,
@@ -778,28 +794,20 @@ class InferenceWorker:
             sha256=self.model_sha256,
         )
 
-    def _lag(self) -> int | None:
-        try:
-            assignment = self.consumer.assignment()
-            if not assignment:
-                return 0
-            total = 0
-            for tp in self.consumer.position(assignment):
-                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
-                if tp.offset >= 0 and high >= 0:
-                    total += max(high - tp.offset, 0)
-        except KafkaException:
+    def _refresh_metrics(self) -> int | None:
+        """Publish lag per partition to the metrics; the total for the summary line."""
+        lags = partition_lags(self.consumer)
+        if lags is None:
             return None
-        return total
+        self.metrics.snapshot.snapshot = Snapshot(lag=lags)
+        return sum(lags.values())
 
     def _log_summary(self) -> None:
         stats = self.stats
         now = time.monotonic()
         interval = now - stats.since
         consumed = stats.consumed - stats.consumed_at_last
-        lag = self._lag()
-        if lag is not None:
-            self.metrics.lag.set(lag)
+        lag = self._refresh_metrics()
         log.info(
             "infer_summary",
             consumed=stats.consumed,

@@ -20,8 +20,14 @@ from workers.core.drift import FeatureDrift
 from workers.core.events import EventDecoder, InvalidEvent
 from workers.core.monitor import MonitorConfig, MonitorState
 from workers.kafka_io.admin import admin_client
-from workers.kafka_io.clients import make_consumer, make_producer, redact, retry_until_ready
-from workers.metrics import MetricsServer, MonitorMetrics
+from workers.kafka_io.clients import (
+    make_consumer,
+    make_producer,
+    partition_lags,
+    redact,
+    retry_until_ready,
+)
+from workers.metrics import REFRESH_INTERVAL_S, MetricsServer, MonitorMetrics, Snapshot
 from workers.model_store import Manifest
 from workers.process_tuning import tune_process
 
@@ -311,20 +317,8 @@ class MonitorWorker:
             server = MetricsServer(s.metrics_port, self.metrics.registry, lambda: self._assigned)
             server.start()
         self.consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
-        next_checkpoint = time.monotonic() + s.checkpoint_interval_s
-        next_summary = time.monotonic() + s.log_interval_s
         try:
-            while not stop.is_set():
-                msgs = self.consumer.consume(num_messages=s.batch_size, timeout=0.1)
-                if msgs:
-                    self._process(msgs)
-                now = time.monotonic()
-                if now >= next_checkpoint:
-                    self.checkpoint()
-                    next_checkpoint = now + s.checkpoint_interval_s
-                if now >= next_summary:
-                    self._log_summary()
-                    next_summary = now + s.log_interval_s
+            self._loop(stop)
         finally:
             try:
                 self.checkpoint()
@@ -337,11 +331,32 @@ class MonitorWorker:
                     server.stop()
                 log.info("monitor_stopped", **self.state.counters())
 
+    def _loop(self, stop: threading.Event) -> None:
+        s = self.settings
+        next_checkpoint = time.monotonic() + s.checkpoint_interval_s
+        next_summary = time.monotonic() + s.log_interval_s
+        next_refresh = time.monotonic() + REFRESH_INTERVAL_S
+        while not stop.is_set():
+            msgs = self.consumer.consume(num_messages=s.batch_size, timeout=0.1)
+            if msgs:
+                self._process(msgs)
+            now = time.monotonic()
+            if now >= next_refresh:
+                self._refresh_metrics()
+                next_refresh = now + REFRESH_INTERVAL_S
+            if now >= next_checkpoint:
+                self.checkpoint()
+                next_checkpoint = now + s.checkpoint_interval_s
+            if now >= next_summary:
+                self._log_summary()
+                next_summary = now + s.log_interval_s
+
     def _process(self, msgs: list[Message]) -> None:
         s = self.settings
         state = self.state
         now_ms = time.time_ns() // 1_000_000
         alerts: list[Alert] = []
+        seen: dict[str, int] = {}
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -351,6 +366,7 @@ class MonitorWorker:
             topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
             if topic is None or partition is None or offset is None:
                 continue
+            seen[topic] = seen.get(topic, 0) + 1
             if topic == s.predictions_topic:
                 alerts += state.on_prediction(partition, msg.value(), now_ms)
             elif topic == s.labels_topic:
@@ -360,8 +376,15 @@ class MonitorWorker:
                 if not isinstance(decoded, InvalidEvent):
                     alerts += state.on_features(decoded[1], now_ms)
             self.offsets[(topic, partition)] = offset + 1
+        self._count_consumed(seen)
         for alert in alerts:
             self._raise(alert)
+
+    def _count_consumed(self, per_topic: dict[str, int]) -> None:
+        s = self.settings
+        streams = {s.predictions_topic: "predictions", s.labels_topic: "labels"}
+        for topic, count in per_topic.items():
+            self.metrics.consumed.labels(streams.get(topic, "features")).inc(count)
 
     def _raise(self, alert: Alert) -> None:
         fields: dict[str, Any] = {k: v for k, v in alert.fields().items() if v is not None}
@@ -412,18 +435,27 @@ class MonitorWorker:
             except KafkaException as exc:
                 log.warning("commit_failed", reason=str(exc))
 
-    def _log_summary(self) -> None:
-        counters = self.last_counters = self.state.counters()
-        metrics = self.state.metrics()
-        for name, value in counters.items():
-            self.metrics.join.labels(name).set(value)
-        for key, values in metrics.items():
+    def _refresh_metrics(self) -> None:
+        lags = partition_lags(self.consumer)
+        accuracy, joined = {}, {}
+        for key, values in self.state.metrics().items():
             model, version = key.rsplit("/v", 1)
+            joined[(model, version)] = values["joined"]
             if values["window_accuracy"] is not None:
-                self.metrics.accuracy.labels(model, version).set(values["window_accuracy"])
+                accuracy[(model, version)] = values["window_accuracy"]
+        self.metrics.snapshot.snapshot = Snapshot(
+            lag=self.metrics.snapshot.snapshot.lag if lags is None else lags,
+            counters=self.state.counters(),
+            accuracy=accuracy,
+            version_joined=joined,
+        )
+
+    def _log_summary(self) -> None:
+        self._refresh_metrics()
+        counters = self.last_counters = self.state.counters()
         log.info(
             "monitor_summary",
             **counters,
-            versions=metrics,
+            versions=self.state.metrics(),
             alerts=dict(self.state.alerts_raised),
         )
