@@ -21,7 +21,7 @@ from workers.local_kafka import cluster
 from workers.local_kafka.layout import MAX_NODES, ClusterLayout
 from workers.local_kafka.runtime import BrokerSetupError, default_cache_dir
 from workers.log import LOG_FORMATS, LOG_LEVELS, configure_logging
-from workers.model_store import ModelError
+from workers.model_store import ModelError, list_versions
 from workers.run_infer import StartupError
 from workers.settings import SettingsError, add_option, default_state_dir, kafka_config
 
@@ -349,6 +349,14 @@ def _add_train_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noq
         type=int,
         default=0,
         help="random seed of the split and the estimator",
+    )
+    add_option(
+        train,
+        "--if-missing",
+        environ=environ,
+        switch=True,
+        help="do nothing when NAME already has a version (for init containers and scripts "
+        "that run on every start)",
     )
     _add_logging_options(train, environ)
     train.set_defaults(handler=_train)
@@ -722,6 +730,11 @@ def _train(args: argparse.Namespace, _environ: Mapping[str, str]) -> int:
 
     if not args.name:
         raise SettingsError("--name is required (or SCORESTREAM_NAME)")
+    log = structlog.get_logger("scorestream.train")
+    existing = list_versions(args.models_dir / args.name)
+    if args.if_missing and existing:
+        log.info("model_present", model=args.name, versions=existing, trained=False)
+        return EXIT_OK
     folder = train(
         args.name,
         args.models_dir,
@@ -730,7 +743,7 @@ def _train(args: argparse.Namespace, _environ: Mapping[str, str]) -> int:
         seed=args.seed,
     )
     manifest = json.loads((folder / "manifest.json").read_text())
-    structlog.get_logger("scorestream.train").info(
+    log.info(
         "model_registered",
         model=manifest["name"],
         version=manifest["version"],

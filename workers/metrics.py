@@ -23,6 +23,9 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
+from workers.core.alerts import ALERT_NAMES
+from workers.core.events import ErrorType
+
 BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 LATENCY_BUCKETS = (
@@ -156,6 +159,9 @@ class InferMetrics:
         self.dead_letters = Counter(
             "scorestream_dead_letters", "Events dead-lettered", ["reason"], registry=r
         )
+        # Every reason starts at 0: rate() and alert rules see a series before the first one.
+        for reason in ErrorType:
+            self.dead_letters.labels(reason.value)
         self.batch_size = Histogram(
             "scorestream_batch_size", "Events per micro-batch", buckets=BATCH_BUCKETS, registry=r
         )
@@ -215,6 +221,8 @@ class MonitorMetrics:
             registry=r,
         )
         self.alerts = Counter("scorestream_alerts", "Alerts raised", ["alert"], registry=r)
+        for name in ALERT_NAMES:
+            self.alerts.labels(name)
         self.snapshot = SnapshotCollector(monitor=True)
         r.register(self.snapshot)
 

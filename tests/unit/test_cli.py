@@ -64,3 +64,12 @@ def test_json_log_lines(capsys: pytest.CaptureFixture[str]) -> None:
     assert record["level"] == "info"
     assert record["partition"] == 0
     assert record["ts"].endswith("Z")
+
+
+def test_train_if_missing_registers_once(tmp_path: Path) -> None:
+    argv = ["train", "--name", "bc", "--models-dir", str(tmp_path), "--if-missing"]
+    assert main(argv, {}) == 0
+    assert main(argv, {}) == 0
+    assert sorted(p.name for p in (tmp_path / "bc").iterdir()) == ["1"]
+    assert main(argv[:-1], {}) == 0  # without it, every run registers the next version
+    assert sorted(p.name for p in (tmp_path / "bc").iterdir()) == ["1", "2"]

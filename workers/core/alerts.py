@@ -14,6 +14,7 @@ DRIFT_DETECTED = "drift_detected"
 ACCURACY_BELOW_THRESHOLD = "accuracy_below_threshold"
 ACCURACY_RECOVERED = "accuracy_recovered"
 FEATURE_DRIFT = "feature_drift"
+ALERT_NAMES = (DRIFT_DETECTED, ACCURACY_BELOW_THRESHOLD, ACCURACY_RECOVERED, FEATURE_DRIFT)
 
 
 class Alert(msgspec.Struct, omit_defaults=True):
