@@ -16,6 +16,7 @@ import structlog
 from workers import __version__
 from workers.checkpoint import CheckpointError
 from workers.core.events import DEFAULT_MAX_VALUE_BYTES
+from workers.core.report import ReportError
 from workers.kafka_io.monitor_loop import MonitorStartupError
 from workers.local_kafka import cluster
 from workers.local_kafka.layout import MAX_NODES, ClusterLayout
@@ -144,8 +145,11 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "demo",
         help="start the local broker and show events flowing through it",
         description="Start the local broker (as `broker start`), train the demo model if "
-        "missing, run `scorestream infer` on --events generated feature events plus a few "
-        "malformed ones, and print what came out (summary in --out).",
+        "missing, run `scorestream infer` and `scorestream monitor`, stream --events synthetic "
+        "feature events (plus a few malformed ones) at --rate with each label 0.5-3 s later "
+        "and half the labels flipped from the midpoint on (a drift), follow it with a progress "
+        "bar, then write --out/report.png and report.html (rolling accuracy, the drift point, "
+        "the alerts) and summary.json, and print the counts.",
     )
     add_option(
         demo,
@@ -154,6 +158,9 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         type=_positive_int,
         default=5000,
         help="how many events to send",
+    )
+    add_option(
+        demo, "--rate", environ=environ, type=float, default=1000.0, help="events per second"
     )
     add_option(
         demo,
@@ -178,6 +185,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     _add_monitor_parser(commands, environ)
     _add_bench_parser(commands, environ)
     _add_produce_parser(commands, environ)
+    _add_report_parser(commands, environ)
     return parser
 
 
@@ -254,6 +262,50 @@ def _produce(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     install_stop_handlers(stop)
     counts = run_produce(settings, stop)
     return EXIT_ERROR if counts.failed else EXIT_OK
+
+
+def _add_report_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN401
+    report = commands.add_parser(
+        "report",
+        help="draw rolling accuracy, the drift point and the alerts from the topics",
+        description="Read the predictions, labels and alerts topics from their start, join "
+        "each prediction to its label by event_id, and write OUT/report.png (accuracy over "
+        "the last --window outcomes per model version against event time, the drift point "
+        "if given, each alert as a marker at the time it was raised) and OUT/report.html "
+        "(the picture with the counts and the alerts). Needs matplotlib "
+        "(pip install 'scorestream[report]').",
+    )
+    _add_kafka_options(report, environ)
+    add_option(report, "--predictions-topic", environ=environ, default="predictions",
+               help="Predictions")  # fmt: skip
+    add_option(report, "--labels-topic", environ=environ, default="labels", help="Labels")
+    add_option(report, "--alerts-topic", environ=environ, default="alerts", help="Alerts")
+    add_option(report, "--window", environ=environ, type=_positive_int, default=500,
+               help="outcomes per rolling-accuracy point")  # fmt: skip
+    add_option(report, "--drift-at-ms", environ=environ, type=int,
+               help="event time (epoch ms) to mark as the drift point")  # fmt: skip
+    add_option(report, "--accuracy-threshold", environ=environ, type=float, default=0.8,
+               help="drawn as a dotted line")  # fmt: skip
+    add_option(report, "--out", environ=environ, type=Path, default=Path("report-out"),
+               help="folder for report.png and report.html")  # fmt: skip
+    _add_logging_options(report, environ)
+    report.set_defaults(handler=_report)
+
+
+def _report(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from workers.report import report_from_topics, write_report  # noqa: PLC0415
+
+    data = report_from_topics(
+        args.bootstrap_servers, predictions_topic=args.predictions_topic,
+        labels_topic=args.labels_topic, alerts_topic=args.alerts_topic, window=args.window,
+        drift_at_ms=args.drift_at_ms,
+        kafka_config=kafka_config(args.kafka_config, args.kafka_config_file, environ),
+    )  # fmt: skip
+    title = f"scorestream: {args.predictions_topic} joined with {args.labels_topic}"
+    png, page = write_report(data, args.out, title=title,
+                             accuracy_threshold=args.accuracy_threshold)  # fmt: skip
+    print(json.dumps({"report_png": str(png), "report_html": str(page), **data.counts}))
+    return EXIT_OK
 
 
 def _add_bench_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN401
@@ -832,7 +884,9 @@ def _demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         layout, args.cache_dir.expanduser(), environ.get("KAFKA_HOME"), args.timeout_s
     )
     print(f"Kafka ready at {result.bootstrap_servers} (stop it with `scorestream broker stop`)")
-    return run_demo(result.bootstrap_servers, args.events, args.out, args.models_dir)
+    if args.rate <= 0:
+        raise SettingsError("--rate must be > 0")
+    return run_demo(result.bootstrap_servers, args.events, args.out, args.models_dir, args.rate)
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -856,6 +910,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         ModelError,
         MonitorStartupError,
         CheckpointError,
+        ReportError,
     ) as exc:
         print(f"scorestream: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -1,26 +1,39 @@
-"""`scorestream demo`: the whole path on one machine, with numbers a newcomer can check."""
+"""`scorestream demo`: the whole story on one machine, with numbers a newcomer can check.
+
+A synthetic stream (breast-cancer rows with noise) flows through `scorestream infer` while
+`scorestream monitor` joins its labels, sent a little later; half way through, half the labels
+flip (a concept drift). A progress bar follows it live; at the end report.png/report.html show
+the rolling accuracy, the drift point and the alerts, and the counts are printed."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-import numpy as np
+import structlog
 
+from workers.core.report import accuracy_around_drift
+from workers.core.synthetic import StreamSpec
 from workers.kafka_io.admin import create_topics
-from workers.kafka_io.roundtrip import consume_exact, produce_all
+from workers.kafka_io.roundtrip import produce_all, read_to_end
 from workers.model_store import list_versions, read_manifest
+from workers.produce import ProduceCounts, ProduceSettings, run_produce
+from workers.report import report_from_topics, write_report
 from workers.training import load_dataset, train
 
 DEMO_MODEL = "breast_cancer"
+WINDOW = 500
 BAD_EVENTS = (
     b"{not json",
     b'{"event_id": "no-features"}',
@@ -30,31 +43,82 @@ BAD_EVENTS = (
 )
 
 
-def _generate(
-    events: int, features: tuple[str, ...], seed: int
-) -> tuple[list[tuple[bytes, bytes]], list[int]]:
-    """Events drawn from the breast-cancer rows with a little noise, and their true labels."""
-    data = load_dataset("breast_cancer")
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(data.x), events)
-    rows = data.x[picks] * rng.normal(1.0, 0.02, (events, data.x.shape[1]))
-    records = []
-    # One event per simulated second, ending now: the drift point is a moment in event time.
-    start_ms = time.time_ns() // 1_000_000 - events * 1000
-    for i, row in enumerate(rows.tolist()):
-        event_id = f"demo-{i}"
-        body = {
-            "event_id": event_id,
-            "features": dict(zip(features, row, strict=True)),
-            "event_time": start_ms + i * 1000,
-        }
-        records.append((event_id.encode(), json.dumps(body).encode()))
-    return records, [int(y) for y in data.y[picks]]
+@dataclass(slots=True)
+class Progress:
+    total: int
+    sent: int = 0
+    labels: int = 0
+    scored: int = 0
+    joined: int = 0
+    accuracy: float | None = None
+    alerts: int = 0
+
+    def line(self, width: int = 28) -> str:
+        done = min(self.scored, self.total) / self.total if self.total else 1.0
+        bar = "#" * round(done * width) + "." * (width - round(done * width))
+        accuracy = "  -  " if self.accuracy is None else f"{self.accuracy:.3f}"
+        return (
+            f"[{bar}] {done:4.0%}  sent {self.sent:,}/{self.total:,}  scored {self.scored:,}  "
+            f"labels joined {self.joined:,}  accuracy {accuracy}  alerts {self.alerts}"
+        )
 
 
-def run_demo(bootstrap_servers: str, events: int, out_dir: Path, models_dir: Path) -> int:
-    """Train if needed, run `scorestream infer` on generated events, report what came out."""
+class LogTail:
+    """The newest line of each event in a worker's JSON log, read incrementally."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.latest: dict[str, dict[str, Any]] = {}
+        self.counts: Counter[str] = Counter()
+
+    def read(self) -> None:
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        complete = chunk.rfind(b"\n") + 1  # a line still being written waits for next time
+        self.offset += complete
+        for raw in chunk[:complete].splitlines():
+            if raw.startswith(b"{"):
+                line = json.loads(raw)
+                event = str(line.get("event"))
+                self.latest[event] = line
+                self.counts[event] += 1
+
+
+def _start_worker(args: list[str], log_path: Path) -> tuple[subprocess.Popen[bytes], TextIO]:
+    log_file = log_path.open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workers.cli", *args, "--log-format", "json"],
+        stdout=log_file, stderr=subprocess.STDOUT, env=dict(os.environ),
+    )  # fmt: skip
+    return proc, log_file
+
+
+def _wait_assigned(tails: list[LogTail], procs: list[subprocess.Popen[bytes]]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for tail in tails:
+            tail.read()
+        if all("partitions_assigned" in t.latest for t in tails):
+            return
+        if any(p.poll() is not None for p in procs):
+            break
+        time.sleep(0.1)
+    names = ", ".join(str(t.path) for t in tails)
+    raise RuntimeError(f"the workers did not join their groups within 60 s; see {names}")
+
+
+def run_demo(
+    bootstrap_servers: str,
+    events: int,
+    out_dir: Path,
+    models_dir: Path,
+    rate: float = 1000.0,
+) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
+    # The progress bar tells the story; the in-process producer's info lines would interrupt it.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     model_dir = models_dir / DEMO_MODEL
     if not list_versions(model_dir):
         print(f"training {DEMO_MODEL} (first run) ...")
@@ -64,169 +128,170 @@ def run_demo(bootstrap_servers: str, events: int, out_dir: Path, models_dir: Pat
         f"model {manifest.name} v{manifest.version}: {len(manifest.features)} features, "
         f"held-out accuracy {manifest.raw['metrics']['accuracy']:.3f}"
     )
-
     run = uuid.uuid4().hex[:8]
-    topics = {
-        "in": f"demo-{run}.features",
-        "out": f"demo-{run}.predictions",
-        "dlq": f"demo-{run}.features.dlq",
-    }
-    create_topics(bootstrap_servers, {topics["in"]: 4, topics["out"]: 4, topics["dlq"]: 1})
-    records, truth = _generate(events, manifest.features, seed=int(run, 16) % 2**32)
-    bad = [(f"bad-{i}".encode(), value) for i, value in enumerate(BAD_EVENTS)]
-    produce_all(bootstrap_servers, topics["in"], records + bad)
-    print(f"produced {len(records)} feature events and {len(bad)} malformed ones to {topics['in']}")
-
-    log_path = out_dir / "infer.log"
-    started = time.monotonic()
-    with log_path.open("w") as log_file:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "workers.cli", "infer",
-             "--bootstrap-servers", bootstrap_servers, "--model", str(model_dir),
-             "--input-topic", topics["in"], "--output-topic", topics["out"],
-             "--dlq-topic", topics["dlq"], "--group-id", f"demo-{run}",
-             "--log-format", "json", "--log-interval-s", "2"],
-            stdout=log_file, stderr=subprocess.STDOUT, env=dict(os.environ),
+    topics = {k: f"demo-{run}.{k}" for k in ("features", "predictions", "labels", "alerts")}
+    topics["dlq"] = f"demo-{run}.features.dlq"
+    create_topics(
+        bootstrap_servers,
+        {topics["features"]: 4, topics["predictions"]: 4, topics["labels"]: 4,
+         topics["dlq"]: 1, topics["alerts"]: 1},
+    )  # fmt: skip
+    infer_log, monitor_log = out_dir / "infer.log", out_dir / "monitor.log"
+    common = ["--bootstrap-servers", bootstrap_servers, "--log-interval-s", "0.5"]
+    infer, infer_file = _start_worker(
+        ["infer", *common, "--model", str(model_dir), "--input-topic", topics["features"],
+         "--output-topic", topics["predictions"], "--dlq-topic", topics["dlq"],
+         "--group-id", f"demo-{run}"], infer_log,
+    )  # fmt: skip
+    monitor, monitor_file = _start_worker(
+        ["monitor", *common, "--predictions-topic", topics["predictions"],
+         "--labels-topic", topics["labels"], "--alerts-topic", topics["alerts"],
+         "--group-id", f"demo-monitor-{run}", "--state-dir", str(out_dir / f"state-{run}"),
+         "--window", str(WINDOW)], monitor_log,
+    )  # fmt: skip
+    tails = [LogTail(infer_log), LogTail(monitor_log)]
+    drift_at = events // 2
+    start_ms = time.time_ns() // 1_000_000
+    drift_at_ms = start_ms + int(drift_at * 1000 / rate)
+    counts = ProduceCounts()
+    try:
+        _wait_assigned(tails, [infer, monitor])
+        print(
+            f"streaming {events:,} events at {rate:,.0f}/s through {topics['features']}, each "
+            f"labelled 0.5-3 s later; from event {drift_at:,} half the labels flip (the drift)"
+        )
+        data = load_dataset("breast_cancer")
+        spec = StreamSpec(
+            features=manifest.features, rows=data.x, labels=data.y.astype("int64"),
+            prefix=f"demo-{run}", seed=int(run, 16) % 2**32, drift_at=drift_at,
+            label_delay_ms=(500, 3000),
         )  # fmt: skip
-        try:
-            predictions = consume_exact(bootstrap_servers, topics["out"], f"r-{run}", len(records))
-            dead = consume_exact(bootstrap_servers, topics["dlq"], f"d-{run}", len(bad), 30)
-            elapsed = time.monotonic() - started
-        finally:
-            worker.send_signal(signal.SIGTERM)
-            code = worker.wait(timeout=30)
+        settings = ProduceSettings(
+            bootstrap_servers=bootstrap_servers, features_topic=topics["features"],
+            labels_topic=topics["labels"], events=events, rate=rate, spec=spec,
+            kafka_config={}, log_interval_s=3600, start_ms=start_ms,
+        )  # fmt: skip
+        stop = threading.Event()
+        producer = threading.Thread(target=run_produce, args=(settings, stop, counts),
+                                    name="demo-produce", daemon=True)  # fmt: skip
+        producer.start()
+        produce_all(bootstrap_servers, topics["features"],
+                    [(f"bad-{i}".encode(), v) for i, v in enumerate(BAD_EVENTS)])  # fmt: skip
+        progress = _follow(tails, counts, events, producer, deadline_s=events / rate + 120)
+        stop.set()
+    finally:
+        codes = {}
+        for name, proc in (("infer", infer), ("monitor", monitor)):
+            proc.send_signal(signal.SIGTERM)
+            codes[name] = proc.wait(timeout=60)
+        infer_file.close()
+        monitor_file.close()
+    return _finish(bootstrap_servers, topics, out_dir, progress, codes, drift_at, drift_at_ms,
+                   manifest.name, manifest.version)  # fmt: skip
 
-    bodies = [json.loads(r.value or b"{}") for r in predictions]
-    predicted = {b["event_id"]: b["label"] for b in bodies}
-    correct = sum(predicted.get(f"demo-{i}") == y for i, y in enumerate(truth))
+
+def _follow(
+    tails: list[LogTail],
+    counts: ProduceCounts,
+    events: int,
+    producer: threading.Thread,
+    deadline_s: float,
+) -> Progress:
+    """Show the progress bar until every event is scored and every label joined."""
+    progress = Progress(events)
+    live = sys.stdout.isatty()
+    next_print = 0.0
+    deadline = time.monotonic() + deadline_s
+    infer, monitor = tails
+    while time.monotonic() < deadline:
+        for tail in tails:
+            tail.read()
+        progress.sent, progress.labels = counts.events, counts.labels
+        progress.scored = int(infer.latest.get("infer_summary", {}).get("scored", 0))
+        summary = monitor.latest.get("monitor_summary", {})
+        progress.joined = int(summary.get("joined", 0))
+        versions: dict[str, dict[str, Any]] = summary.get("versions") or {}
+        newest: dict[str, Any] = next(iter(versions.values()), {})
+        progress.accuracy = newest.get("window_accuracy")
+        progress.alerts = sum((summary.get("alerts") or {}).values())
+        finished = not producer.is_alive() and progress.scored >= events
+        finished = finished and progress.joined >= counts.labels
+        if live:
+            print("\r" + progress.line(), end="", flush=True)
+        elif finished or time.monotonic() >= next_print:
+            print(progress.line(), flush=True)
+            next_print = time.monotonic() + 2.0
+        if finished:
+            break
+        time.sleep(0.25)
+    if live:
+        print()
+    return progress
+
+
+def _finish(  # noqa: PLR0913, PLR0917 - the demo's state so far
+    bootstrap_servers: str,
+    topics: dict[str, str],
+    out_dir: Path,
+    progress: Progress,
+    codes: dict[str, int],
+    drift_at: int,
+    drift_at_ms: int,
+    model: str,
+    version: int,
+) -> int:
+    data = report_from_topics(
+        bootstrap_servers, predictions_topic=topics["predictions"],
+        labels_topic=topics["labels"], alerts_topic=topics["alerts"], window=WINDOW,
+        drift_at_ms=drift_at_ms,
+    )  # fmt: skip
+    png, page = write_report(
+        data, out_dir, title=f"scorestream demo: {model} v{version}, drift after event {drift_at:,}"
+    )
+    dead = read_to_end(bootstrap_servers, topics["dlq"])
     reasons = Counter(r.headers.get("error.type", b"?").decode() for r in dead)
+    around = accuracy_around_drift(data)
+    alerts: list[dict[str, Any]] = [
+        {"alert": a.alert, "severity": a.severity, "model": a.version, "joined": a.joined,
+         "seconds_after_drift": round((a.time_ms - drift_at_ms) / 1000, 2)}
+        for a in data.alerts
+    ]  # fmt: skip
     summary = {
         "bootstrap_servers": bootstrap_servers,
         "topics": topics,
-        "model": {"name": manifest.name, "version": manifest.version},
-        "events": len(records),
-        "predictions": len(predictions),
-        "unique_event_ids": len(predicted),
-        "accuracy_vs_truth": round(correct / len(truth), 4),
-        "labels": dict(Counter(str(b["label"]) for b in bodies)),
+        "model": {"name": model, "version": version},
+        "events": progress.total,
+        **data.counts,
         "dead_letters": dict(reasons),
-        "seconds_to_all_predictions": round(elapsed, 2),
-        "worker_exit_code": code,
-        "worker_log": str(log_path),
-        "drift_injected_at_event": len(truth) // 2,
-    }
-    print(
-        f"scored {len(predictions)} events ({len(predicted)} unique) in {elapsed:.1f} s, "
-        f"accuracy against the true labels {summary['accuracy_vs_truth']:.3f}"
-    )
-    print(f"labels: {summary['labels']}; dead letters by reason: {dict(reasons)}")
-    if bodies:
-        print("a prediction: " + json.dumps(bodies[0]))
-    monitor_summary, alerts = _monitor_phase(bootstrap_servers, run, topics, bodies, truth,
-                                             out_dir)  # fmt: skip
-    summary["monitor"], summary["alerts"] = monitor_summary, alerts
+        "accuracy_before_drift": around.get("before"),
+        "accuracy_after_drift": around.get("after"),
+        "drift_injected_at_event": drift_at,
+        "alerts": alerts,
+        "exit_codes": codes,
+        "report_png": str(png),
+        "report_html": str(page),
+    }  # fmt: skip
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(
-        f"monitor joined {monitor_summary.get('joined')} labels to their predictions; "
-        f"accuracy before the drift {monitor_summary.get('accuracy_before', 0):.3f}, "
-        f"in the last window {monitor_summary.get('window_accuracy', 0):.3f}"
+        f"scored {data.counts['predictions']:,} of {progress.total:,} events "
+        f"({data.counts['duplicate_predictions']} duplicates); dead letters by reason: "
+        f"{dict(reasons)}"
+    )
+    print(
+        f"monitor joined {data.counts['joined']:,} labels; accuracy before the drift "
+        f"{_fmt(around.get('before'))}, after it {_fmt(around.get('after'))}"
     )
     for alert in alerts:
         print(
-            f"  ALERT {alert['event']:26} severity={alert['severity']} after "
-            f"{alert['joined']} outcomes (drift injected after {len(truth) // 2})"
+            f"  ALERT {alert['alert']:26} severity={alert['severity']:8} after "
+            f"{alert['joined']:,} outcomes, {alert['seconds_after_drift']:+.1f} s from the drift"
         )
-    print(f"worker exited {code}; its log: {log_path}; summary: {out_dir / 'summary.json'}")
-    ok = len(predicted) == len(records) == len(predictions) and len(dead) == len(bad) and code == 0
-    ok = ok and monitor_summary.get("joined") == len(truth)
-    return 0 if ok else 1
+    print(f"report: {png} and {page}; summary: {out_dir / 'summary.json'}")
+    print(f"worker logs: {out_dir / 'infer.log'}, {out_dir / 'monitor.log'}; exit codes {codes}")
+    ok = data.counts["predictions"] == progress.total == data.counts["joined"]
+    ok = ok and sum(reasons.values()) == len(BAD_EVENTS) and set(codes.values()) == {0}
+    return 0 if ok and png.stat().st_size > 0 else 1
 
 
-def _monitor_phase(  # noqa: PLR0913, PLR0917 - the demo's state so far
-    bootstrap_servers: str,
-    run: str,
-    topics: dict[str, str],
-    predictions: list[dict[str, Any]],
-    truth: list[int],
-    out_dir: Path,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Send delayed labels (flipped at random after the midpoint: an injected drift), run
-    `scorestream monitor`, and return its final counts and the alerts it logged."""
-    labels_topic, alerts_topic = f"demo-{run}.labels", f"demo-{run}.alerts"
-    create_topics(bootstrap_servers, {labels_topic: 4, alerts_topic: 1})
-    rng = np.random.default_rng(int(run, 16) % 2**32)
-    event_times = {p["event_id"]: p["event_time"] for p in predictions}
-    labels = []
-    for i, actual in enumerate(truth):
-        event_id = f"demo-{i}"
-        # After the midpoint the world changes: half of the true labels no longer match what
-        # the model learned, so its accuracy drops towards one half.
-        label = 1 - actual if i >= len(truth) // 2 and rng.random() < 0.5 else actual
-        label_time = event_times.get(event_id, 0) + int(rng.integers(1_000, 60_000))
-        body = {"event_id": event_id, "label": label, "label_time": label_time}
-        labels.append((label_time, event_id.encode(), json.dumps(body).encode()))
-    labels.sort()
-    log_path = out_dir / "monitor.log"
-    with log_path.open("w") as log_file:
-        monitor = subprocess.Popen(
-            [sys.executable, "-m", "workers.cli", "monitor",
-             "--bootstrap-servers", bootstrap_servers,
-             "--predictions-topic", topics["out"], "--labels-topic", labels_topic,
-             "--alerts-topic", alerts_topic, "--group-id", f"demo-monitor-{run}",
-             "--state-dir", str(out_dir / f"monitor-state-{run}"), "--window", "500",
-             "--log-format", "json", "--log-interval-s", "0.5"],
-            stdout=log_file, stderr=subprocess.STDOUT, env=dict(os.environ),
-        )  # fmt: skip
-        try:
-            _wait_for_event(log_path, "partitions_assigned", timeout_s=60)
-            # Labels trickle in as they would in production (about 5,000 a second), so the
-            # monitor sees them in time order rather than one partition's backlog at a time.
-            for start in range(0, len(labels), 250):
-                chunk = labels[start : start + 250]
-                produce_all(bootstrap_servers, labels_topic, [(k, v) for _, k, v in chunk])
-                time.sleep(0.05)
-            print(
-                f"produced {len(labels)} labels, each 1-60 s after its event, with a drift "
-                f"injected after event {len(truth) // 2}"
-            )
-            summary = _wait_for_joined(log_path, len(truth), timeout_s=60)
-        finally:
-            monitor.send_signal(signal.SIGTERM)
-            monitor.wait(timeout=30)
-    lines = [json.loads(x) for x in log_path.read_text().splitlines() if x.startswith("{")]
-    alerts = [x for x in lines if x.get("event") in ALERT_NAMES]
-    version: dict[str, Any] = next(iter((summary.get("versions") or {}).values()), {})
-    result = {
-        "joined": summary.get("joined"),
-        "expired_without_label": summary.get("expired_without_label"),
-        "orphan_labels": summary.get("orphan_labels"),
-        "window_accuracy": version.get("window_accuracy"),
-        "accuracy_before": version.get("reference_accuracy"),
-        "log": str(log_path),
-    }
-    return result, alerts
-
-
-ALERT_NAMES = ("drift_detected", "accuracy_below_threshold", "feature_drift", "accuracy_recovered")
-
-
-def _wait_for_event(log_path: Path, event: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if f'"{event}"' in log_path.read_text():
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"no {event} in {log_path} within {timeout_s} s")
-
-
-def _wait_for_joined(log_path: Path, expected: int, timeout_s: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    last: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        for line in log_path.read_text().splitlines():
-            if '"monitor_summary"' in line:
-                last = json.loads(line)
-        if last.get("joined", 0) >= expected:
-            return last
-        time.sleep(0.25)
-    return last
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

@@ -29,6 +29,7 @@ class ProduceSettings:
     kafka_config: dict[str, str]
     partitions: int = 4
     log_interval_s: float = 5.0
+    start_ms: int | None = None  # event time of the first event; None: now
 
 
 @dataclass(slots=True)
@@ -38,9 +39,12 @@ class ProduceCounts:
     failed: int = 0
 
 
-def run_produce(s: ProduceSettings, stop: threading.Event) -> ProduceCounts:
-    """Send events at `rate` in event-time order; send each label when its delay has passed."""
-    counts = ProduceCounts()
+def run_produce(
+    s: ProduceSettings, stop: threading.Event, counts: ProduceCounts | None = None
+) -> ProduceCounts:
+    """Send events at `rate` in event-time order; send each label when its delay has passed.
+    `counts` (updated as records are sent) lets a caller on another thread show progress."""
+    counts = ProduceCounts() if counts is None else counts
 
     def on_delivery(err: KafkaError | None, _msg: Message) -> None:
         if err is not None:
@@ -60,7 +64,12 @@ def run_produce(s: ProduceSettings, stop: threading.Event) -> ProduceCounts:
         stop, what="topics", bootstrap_servers=s.bootstrap_servers,
     ):  # fmt: skip
         return counts
-    pump = _Pump(s, producer, counts, stream(s.spec, time.time_ns() // 1_000_000, 1000 / s.rate))
+    pump = _Pump(
+        s,
+        producer,
+        counts,
+        stream(s.spec, s.start_ms or time.time_ns() // 1_000_000, 1000 / s.rate),
+    )
     started, next_log = time.monotonic(), time.monotonic() + s.log_interval_s
     log.info("produce_started", features_topic=s.features_topic, labels_topic=s.labels_topic,
              events=s.events or "until stopped", rate=s.rate, drift_at=s.spec.drift_at)  # fmt: skip

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
@@ -75,7 +75,9 @@ def create_topics(
     config: Mapping[str, str] | None = None,
     timeout_s: float = 30.0,
 ) -> None:
-    """Create topics (name -> partitions) and wait until each one exists."""
+    """Create topics (name -> partitions) and wait until the metadata lists each one with a
+    leader for every partition. A topic that already exists counts as created: between a
+    listing and a creation another client may have made it."""
     client = admin_client(bootstrap_servers)
     new = [
         NewTopic(
@@ -88,7 +90,31 @@ def create_topics(
     ]
     futures = client.create_topics(new, operation_timeout=timeout_s, request_timeout=timeout_s)
     for future in futures.values():
-        future.result(timeout=timeout_s)
+        try:
+            future.result(timeout=timeout_s)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    _wait_listed(client, topics, timeout_s)
+
+
+def _wait_listed(client: AdminClient, topics: Mapping[str, int], timeout_s: float) -> None:
+    """The controller has the topics; wait until the broker's metadata shows them led, so the
+    next client (a worker checking its topics) finds them."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        listed = client.list_topics(timeout=timeout_s).topics
+        if all(
+            name in listed
+            and listed[name].error is None
+            and len(listed[name].partitions) >= 1
+            and all(p.leader >= 0 for p in listed[name].partitions.values())
+            for name in topics
+        ):
+            return
+        if time.monotonic() > deadline:
+            raise KafkaException(f"topics {sorted(topics)} not listed after {timeout_s:.0f} s")
+        time.sleep(0.05)
 
 
 def create_missing_topics(

@@ -8,7 +8,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from workers.kafka_io.admin import _QUIET
 
@@ -23,6 +31,15 @@ class Received:
 
     def json(self) -> Any:  # noqa: ANN401 - whatever the JSON value holds
         return json.loads(self.value or b"")
+
+
+def _received(msg: Message) -> Received | None:
+    partition, offset = msg.partition(), msg.offset()
+    if partition is None or offset is None:  # only unset on error events
+        return None
+    raw_headers: list[tuple[str, bytes | None]] = msg.headers() or []  # type: ignore[assignment]
+    headers = {k: v or b"" for k, v in raw_headers}
+    return Received(partition, offset, msg.key(), msg.value(), headers)
 
 
 def produce_all(bootstrap_servers: str, topic: str, records: Iterable[tuple[bytes, bytes]]) -> int:
@@ -92,16 +109,60 @@ def consume_exact(  # noqa: PLR0913
                     if err.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001 - public constant
                         continue
                     raise KafkaException(err)
-                partition, offset = msg.partition(), msg.offset()
-                if partition is None or offset is None:  # only unset on error events
-                    continue
-                raw_headers: list[tuple[str, bytes | None]] = msg.headers() or []  # type: ignore[assignment]
-                headers = {k: v or b"" for k, v in raw_headers}
-                received.append(Received(partition, offset, msg.key(), msg.value(), headers))
+                record = _received(msg)
+                if record is not None:
+                    received.append(record)
             if len(received) >= expected and quiet_until is None:
                 quiet_until = time.monotonic() + settle_s
         if received:
             consumer.commit(asynchronous=False)
+    finally:
+        consumer.close()
+    return received
+
+
+def read_to_end(
+    bootstrap_servers: str,
+    topic: str,
+    kafka_config: dict[str, str] | None = None,
+    timeout_s: float = 60.0,
+) -> list[Received]:
+    """Every committed record of `topic`, from the start to the end of each partition as it was
+    when reached; no group offsets are committed."""
+    consumer = Consumer(
+        {
+            **(kafka_config or {}),
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": f"scorestream-read-{time.time_ns()}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+            "logger": _QUIET,
+        }
+    )
+    received: list[Received] = []
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+        described = metadata.topics.get(topic)
+        if described is None or described.error is not None:
+            raise KafkaException(described.error if described else f"no topic {topic}")
+        partitions = sorted(described.partitions)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        at_end: set[int] = set()
+        deadline = time.monotonic() + timeout_s
+        while len(at_end) < len(partitions):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: not read to its end within {timeout_s} s")
+            for msg in consumer.consume(num_messages=1000, timeout=0.5):
+                err, partition = msg.error(), msg.partition()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF and partition is not None:  # noqa: SLF001
+                        at_end.add(partition)
+                        continue
+                    raise KafkaException(err)
+                record = _received(msg)
+                if record is not None:
+                    received.append(record)
     finally:
         consumer.close()
     return received
