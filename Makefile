@@ -69,6 +69,10 @@ broker-start: venv ## start the local Kafka broker (see `scorestream broker star
 broker-stop: venv ## stop the local Kafka broker
 	$(BIN)/scorestream broker stop
 
+.PHONY: docs
+docs: venv ## regenerate the README's configuration reference from the CLI
+	$(BIN)/python -m workers.reference
+
 .PHONY: lock
 lock: venv ## refresh constraints.txt from the current .venv
 	{ echo '# Versions every check and image is run with; refresh with `make lock`.'; \

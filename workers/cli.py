@@ -91,7 +91,7 @@ def _add_broker_options(parser: argparse.ArgumentParser, environ: Mapping[str, s
         "--cache-dir",
         environ=environ,
         type=Path,
-        default=default_cache_dir(),
+        default=default_cache_dir(environ),
         help="where the Kafka jars are kept after the first download",
     )
     add_option(
