@@ -140,6 +140,13 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     stat.set_defaults(handler=_broker_status)
     for sub in (start, stop, stat):
         _add_broker_options(sub, environ)
+        add_option(sub, "--tls", environ=environ, switch=True,
+                   help="TLS on the client listener: a local CA and a broker certificate for "
+                   "127.0.0.1 are made with openssl on first start; clients trust "
+                   "DATA_DIR/security/ca.pem (written into DATA_DIR/client.conf)")  # fmt: skip
+        add_option(sub, "--sasl", environ=environ, switch=True,
+                   help="SASL/SCRAM-SHA-512 on the client listener, with a user 'scorestream' "
+                   "whose random password is in DATA_DIR/client.conf (owner-only)")  # fmt: skip
 
     demo = commands.add_parser(
         "demo",
@@ -835,7 +842,13 @@ def _infer(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 def _layout(args: argparse.Namespace) -> ClusterLayout:
     try:
-        return ClusterLayout(args.nodes, args.port, args.data_dir.expanduser().resolve())
+        return ClusterLayout(
+            args.nodes,
+            args.port,
+            args.data_dir.expanduser().resolve(),
+            tls=getattr(args, "tls", False),
+            sasl=getattr(args, "sasl", False),
+        )
     except ValueError as exc:
         raise SettingsError(f"--nodes/--port: {exc}") from exc
 
@@ -851,6 +864,8 @@ def _broker_start(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         nodes=layout.node_count,
         ready_s=round(result.ready_seconds, 2),
         cluster_id=result.cluster_id,
+        security_protocol=layout.protocol,
+        client_config=None if result.client_config_path is None else str(result.client_config_path),
     )
     print(result.bootstrap_servers)
     return EXIT_OK

@@ -13,7 +13,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from workers.core.synthetic import StreamSpec, SyntheticEvent, stream
 from workers.kafka_io.admin import create_missing_topics
-from workers.kafka_io.clients import make_producer, retry_until_ready
+from workers.kafka_io.clients import LastError, make_producer, retry_until_ready
 
 log = structlog.get_logger("scorestream.produce")
 
@@ -56,12 +56,15 @@ def run_produce(
                   "delivery.report.only.error": True, "on_delivery": on_delivery},
         name="produce",
     )  # fmt: skip
+    errors = LastError()  # an admin call's failure is a timeout; this says why
     topics = {s.features_topic: s.partitions}
     if s.labels_topic:
         topics[s.labels_topic] = s.partitions
     if not retry_until_ready(
-        lambda: create_missing_topics(s.bootstrap_servers, topics),
-        stop, what="topics", bootstrap_servers=s.bootstrap_servers,
+        lambda: create_missing_topics(
+            s.bootstrap_servers, topics, client_config={**s.kafka_config, "error_cb": errors}
+        ),
+        stop, what="topics", bootstrap_servers=s.bootstrap_servers, last_error=errors,
     ):  # fmt: skip
         return counts
     pump = _Pump(

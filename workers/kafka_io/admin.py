@@ -9,6 +9,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._metadata import ClusterMetadata
 from confluent_kafka.cimpl import NewTopic
 
 # librdkafka reports every refused connection while a broker boots; route its log lines to a
@@ -18,16 +19,31 @@ _QUIET.addHandler(logging.NullHandler())
 _QUIET.propagate = False
 
 
-def admin_client(bootstrap_servers: str, extra: Mapping[str, str] | None = None) -> AdminClient:
+def admin_client(bootstrap_servers: str, extra: Mapping[str, Any] | None = None) -> AdminClient:
     config: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, "logger": _QUIET}
     config.update(extra or {})
     return AdminClient(config)
 
 
-def live_broker_ids(bootstrap_servers: str, timeout_s: float = 2.0) -> set[int]:
+def list_topics(
+    bootstrap_servers: str, client_config: Mapping[str, Any] | None, timeout_s: float
+) -> ClusterMetadata:
+    """Cluster metadata. On failure the client's error callbacks are served before raising,
+    so an error_cb in `client_config` learns why (the call itself only says it timed out)."""
+    client = admin_client(bootstrap_servers, client_config)
+    try:
+        return client.list_topics(timeout=timeout_s)
+    except KafkaException:
+        client.poll(0.5)
+        raise
+
+
+def live_broker_ids(
+    bootstrap_servers: str, timeout_s: float = 2.0, extra: Mapping[str, str] | None = None
+) -> set[int]:
     """Return the ids of the brokers the cluster metadata lists (empty if unreachable)."""
     try:
-        metadata = admin_client(bootstrap_servers).list_topics(timeout=timeout_s)
+        metadata = admin_client(bootstrap_servers, extra).list_topics(timeout=timeout_s)
     except KafkaException:
         return set()
     return set(metadata.brokers)
@@ -42,6 +58,7 @@ def wait_for_brokers(
     node_addresses: Mapping[int, str],
     timeout_s: float,
     check_alive: Callable[[], None] = lambda: None,
+    client_config: Mapping[str, str] | None = None,
 ) -> float:
     """Poll until every node answers on its own address and lists all nodes; return seconds.
 
@@ -56,7 +73,7 @@ def wait_for_brokers(
     while True:
         check_alive()
         for node_id, address in list(waiting.items()):
-            if expected <= live_broker_ids(address, timeout_s=1.0):
+            if expected <= live_broker_ids(address, timeout_s=1.0, extra=client_config):
                 del waiting[node_id]
         if not waiting:
             return time.monotonic() - started
@@ -68,17 +85,19 @@ def wait_for_brokers(
         time.sleep(0.2)
 
 
-def create_topics(
+def create_topics(  # noqa: PLR0913 - the topics, their settings and the client's
     bootstrap_servers: str,
     topics: Mapping[str, int],
+    *,
     replication_factor: int = -1,
     config: Mapping[str, str] | None = None,
     timeout_s: float = 30.0,
+    client_config: Mapping[str, Any] | None = None,
 ) -> None:
     """Create topics (name -> partitions) and wait until the metadata lists each one with a
     leader for every partition. A topic that already exists counts as created: between a
     listing and a creation another client may have made it."""
-    client = admin_client(bootstrap_servers)
+    client = admin_client(bootstrap_servers, client_config)
     new = [
         NewTopic(
             name,
@@ -122,10 +141,11 @@ def create_missing_topics(
     topics: Mapping[str, int],
     config: Mapping[str, str] | None = None,
     timeout_s: float = 5.0,
+    client_config: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Create those of `topics` that do not exist yet (an existing one is left as it is)."""
-    existing = admin_client(bootstrap_servers).list_topics(timeout=timeout_s).topics
+    existing = list_topics(bootstrap_servers, client_config, timeout_s).topics
     missing = {name: parts for name, parts in topics.items() if name not in existing}
     if missing:
-        create_topics(bootstrap_servers, missing, config=config)
+        create_topics(bootstrap_servers, missing, config=config, client_config=client_config)
     return sorted(missing)

@@ -117,13 +117,49 @@ def make_consumer(bootstrap_servers: str, extra: Mapping[str, str], **how: Any) 
     return Consumer(client_config(bootstrap_servers, extra, **how))
 
 
-def retry_until_ready(
+class LastError:
+    """error_cb for a short-lived client (an admin call): keeps the last error so a failure
+    that surfaces only as a timeout can say why (wrong password, untrusted certificate)."""
+
+    def __init__(self) -> None:
+        self.error: KafkaError | None = None
+
+    def __call__(self, err: KafkaError) -> None:
+        self.error = err
+
+    def take(self) -> str | None:
+        err, self.error = self.error, None
+        return None if err is None else err.str()
+
+
+def fix_for(reason: str) -> str:
+    """What to check, from the words of a connection failure."""
+    lowered = reason.lower()
+    # Certificates first: a broker name in the text ("sasl_ssl://host") says nothing.
+    if "certificate" in lowered or "handshake" in lowered:
+        return (
+            "check security.protocol and ssl.ca.location: it must hold the CA that signed the "
+            "brokers' certificates (`scorestream broker start --tls` writes both to client.conf)"
+        )
+    if "authenticat" in lowered:
+        return (
+            "check sasl.mechanism, sasl.username and sasl.password (--kafka-config, "
+            "--kafka-config-file or SCORESTREAM_KAFKA_SASL_PASSWORD)"
+        )
+    return (
+        "check --bootstrap-servers and that the brokers are up "
+        "(`scorestream broker start` runs one locally)"
+    )
+
+
+def retry_until_ready(  # noqa: PLR0913 - the call, its name and how to diagnose it
     call: Callable[[], object],
     stop: threading.Event,
     *,
     what: str,
     bootstrap_servers: str,
     max_backoff_s: float = 30.0,
+    last_error: LastError | None = None,
 ) -> bool:
     """Call until Kafka answers, backing off 1 s, 2 s, ... `max_backoff_s`; False if stopped.
 
@@ -139,15 +175,18 @@ def retry_until_ready(
             err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
             if err is not None and err.fatal():
                 raise
+            reason = err.str() if err is not None else "timed out"
+            cause = last_error.take() if last_error is not None else None
+            if cause and cause not in reason:
+                reason = f"{reason}; the client reported: {cause}"
             log.warning(
                 "kafka_unreachable",
                 what=what,
                 bootstrap_servers=bootstrap_servers,
                 attempt=attempt,
-                reason=err.str() if err is not None else "timed out",
+                reason=reason,
                 retry_in_s=backoff,
-                fix="check --bootstrap-servers and that the brokers are up "
-                "(`scorestream broker start` runs one locally)",
+                fix=fix_for(reason),
             )
             stop.wait(backoff)
             backoff = min(backoff * 2, max_backoff_s)

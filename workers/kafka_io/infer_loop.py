@@ -35,9 +35,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from workers.core.events import EventDecoder, InvalidEvent
 from workers.core.inference import ServingModel, score_batch
-from workers.kafka_io.admin import admin_client, create_topics
+from workers.kafka_io.admin import create_missing_topics, list_topics
 from workers.kafka_io.clients import (
     ErrorReporter,
+    LastError,
     make_consumer,
     make_producer,
     partition_lags,
@@ -143,6 +144,12 @@ class InferenceWorker:
         self._failed_deliveries: list[tuple[KafkaError, int | None]] = []
         # A broker outage surfaces as an error per fetch: logged once per code per 10 s.
         self._consume_errors = ErrorReporter("infer-consumer")
+        # Admin calls fail as timeouts; their client's last error says why (auth, TLS).
+        self._admin_errors = LastError()
+        self._admin_config: dict[str, Any] = {
+            **settings.kafka_config,
+            "error_cb": self._admin_errors,
+        }
         # Per input partition: (first offset not yet confirmed, next offset to store).
         self._pending: dict[TopicKey, tuple[int, int]] = {}
         self._oldest_pending = 0.0
@@ -587,24 +594,26 @@ class InferenceWorker:
 
     def ensure_output_topics(self) -> None:
         """Create missing output topics with the input's partition count (laptop default)."""
-        metadata = admin_client(self.settings.bootstrap_servers, self.settings.kafka_config)
+        s = self.settings
         # Short: an unreachable cluster is retried (with backoff and a log line) by the caller.
-        topics = metadata.list_topics(timeout=5).topics
-        source = topics.get(self.settings.input_topic)
+        existing = list_topics(s.bootstrap_servers, self._admin_config, timeout_s=5)
+        source = existing.topics.get(s.input_topic)
         partitions = len(source.partitions) if source is not None and source.partitions else 4
-        missing = {
-            t: partitions
-            for t in (self.settings.output_topic, self.settings.dlq_topic)
-            if t not in topics
-        }
-        if self.settings.output_topic in missing:
-            create_topics(self.settings.bootstrap_servers, {self.settings.output_topic: partitions})
-        if self.settings.dlq_topic in missing:
-            # Room for any input value plus the error headers.
-            create_topics(self.settings.bootstrap_servers, {self.settings.dlq_topic: partitions},
-                          config={"max.message.bytes": "2097152"})  # fmt: skip
-        if missing:
-            log.info("topics_created", topics=sorted(missing))
+        created = []
+        # The DLQ has room for any input value plus the error headers.
+        for topic, config in (
+            (s.output_topic, {}),
+            (s.dlq_topic, {"max.message.bytes": "2097152"}),
+        ):
+            if topic not in existing.topics:
+                created += create_missing_topics(
+                    s.bootstrap_servers,
+                    {topic: partitions},
+                    config=config,
+                    client_config=self._admin_config,
+                )
+        if created:
+            log.info("topics_created", topics=sorted(created))
 
     def run(self, stop: threading.Event) -> None:
         s = self.settings
@@ -685,8 +694,9 @@ class InferenceWorker:
     def _connect(self, stop: threading.Event) -> bool:
         s = self.settings
         ready = retry_until_ready(
-            self.ensure_output_topics, stop, what="topics", bootstrap_servers=s.bootstrap_servers
-        )
+            self.ensure_output_topics, stop, what="topics", bootstrap_servers=s.bootstrap_servers,
+            last_error=self._admin_errors,
+        )  # fmt: skip
         return ready and (not s.exactly_once or self._init_transactions(stop))
 
     def _process(self, msgs: list[Message]) -> None:

@@ -19,8 +19,9 @@ from workers.core.alerts import Alert, FeatureAlerts
 from workers.core.drift import FeatureDrift
 from workers.core.events import EventDecoder, InvalidEvent
 from workers.core.monitor import MonitorConfig, MonitorState
-from workers.kafka_io.admin import admin_client
+from workers.kafka_io.admin import list_topics
 from workers.kafka_io.clients import (
+    LastError,
     make_consumer,
     make_producer,
     partition_lags,
@@ -94,13 +95,13 @@ class MonitorSettings:
     exactly_once: bool = False
 
 
-def check_partition_counts(settings: MonitorSettings) -> int:
+def check_partition_counts(settings: MonitorSettings, error_cb: LastError | None = None) -> int:
     """Predictions and labels must be co-partitioned; return their partition count."""
-    topics = (
-        admin_client(settings.bootstrap_servers, settings.kafka_config)
-        .list_topics(timeout=30)
-        .topics
-    )
+    extra: dict[str, Any] = dict(settings.kafka_config)
+    if error_cb is not None:
+        extra["error_cb"] = error_cb
+    # Short: an unreachable cluster is retried (with backoff and a log line) by the caller.
+    topics = list_topics(settings.bootstrap_servers, extra, timeout_s=10).topics
     counts = {}
     for topic in (settings.predictions_topic, settings.labels_topic):
         meta = topics.get(topic)
@@ -123,7 +124,7 @@ class MonitorWorker:
     def __init__(self, settings: MonitorSettings) -> None:
         self.settings = settings
         s = settings
-        self.partitions = check_partition_counts(s)
+        self.partitions = 0  # known once the cluster answers (run)
         identity = {
             "group_id": s.group_id,
             "predictions_topic": s.predictions_topic,
@@ -283,6 +284,16 @@ class MonitorWorker:
     def run(self, stop: threading.Event) -> None:
         s = self.settings
         tune_process()
+        errors = LastError()
+
+        def check() -> None:
+            self.partitions = check_partition_counts(s, errors)
+
+        if not retry_until_ready(check, stop, what="topics", bootstrap_servers=s.bootstrap_servers,
+                                 last_error=errors):  # fmt: skip
+            self.consumer.close()
+            self.store.close()
+            return
         topics = [s.predictions_topic, s.labels_topic]
         if s.features_topic and self.feature_decoder is not None:
             topics.append(s.features_topic)

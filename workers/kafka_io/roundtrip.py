@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,8 +42,14 @@ def _received(msg: Message) -> Received | None:
     return Received(partition, offset, msg.key(), msg.value(), headers)
 
 
-def produce_all(bootstrap_servers: str, topic: str, records: Iterable[tuple[bytes, bytes]]) -> int:
-    """Produce with acks=all; raise unless the broker acknowledged every record."""
+def produce_all(
+    bootstrap_servers: str,
+    topic: str,
+    records: Iterable[tuple[bytes, bytes]],
+    config: Mapping[str, str] | None = None,
+) -> int:
+    """Produce with acks=all; raise unless the broker acknowledged every record. `config`:
+    extra client settings (TLS, SASL)."""
     failures: list[KafkaError] = []
 
     def on_delivery(err: KafkaError | None, _msg: object) -> None:
@@ -52,6 +58,7 @@ def produce_all(bootstrap_servers: str, topic: str, records: Iterable[tuple[byte
 
     producer = Producer(
         {
+            **(config or {}),
             "bootstrap.servers": bootstrap_servers,
             "acks": "all",
             "enable.idempotence": True,
@@ -124,7 +131,7 @@ def consume_exact(  # noqa: PLR0913
 def read_to_end(
     bootstrap_servers: str,
     topic: str,
-    kafka_config: dict[str, str] | None = None,
+    kafka_config: Mapping[str, str] | None = None,
     timeout_s: float = 60.0,
 ) -> list[Received]:
     """Every committed record of `topic`, from the start to the end of each partition as it was

@@ -25,6 +25,7 @@ from workers.local_kafka.layout import (
     server_properties,
 )
 from workers.local_kafka.runtime import BrokerSetupError, KafkaRuntime, resolve_runtime
+from workers.local_kafka.security import ensure_material
 
 log = structlog.get_logger("scorestream.broker")
 
@@ -59,6 +60,9 @@ class StartResult:
     already_running: bool
     ready_seconds: float
     cluster_id: str
+    # Settings a client needs beyond bootstrap.servers (TLS/SASL), and the file holding them.
+    client_config: dict[str, str]
+    client_config_path: Path | None
 
 
 def new_cluster_id() -> str:
@@ -161,6 +165,14 @@ def _check_layout_matches(cluster: ClusterLayout) -> None:
     if not marker.exists():
         return
     saved = json.loads(marker.read_text())
+    secured = (saved.get("tls", False), saved.get("sasl", False))
+    if secured != (cluster.tls, cluster.sasl):
+        flags = " ".join(f for f, on in (("--tls", secured[0]), ("--sasl", secured[1])) if on)
+        raise BrokerSetupError(
+            f"{cluster.data_dir} holds a cluster started "
+            f"{'with ' + flags if flags else 'without --tls/--sasl'}: start it the same way, or "
+            "choose another --data-dir"
+        )
     if saved["nodes"] != cluster.node_count or saved["port"] != cluster.base_port:
         raise BrokerSetupError(
             f"{cluster.data_dir} holds a cluster of {saved['nodes']} node(s) on port "
@@ -177,7 +189,15 @@ def _cluster_id(cluster: ClusterLayout) -> str:
     cid = new_cluster_id()
     cluster.data_dir.mkdir(parents=True, exist_ok=True)
     marker.write_text(
-        json.dumps({"cluster_id": cid, "nodes": cluster.node_count, "port": cluster.base_port})
+        json.dumps(
+            {
+                "cluster_id": cid,
+                "nodes": cluster.node_count,
+                "port": cluster.base_port,
+                "tls": cluster.tls,
+                "sasl": cluster.sasl,
+            }
+        )
         + "\n"
     )
     return cid
@@ -196,7 +216,11 @@ def _java_base(runtime: KafkaRuntime, cluster: ClusterLayout, node: NodeLayout) 
 
 
 def _format_storage(
-    runtime: KafkaRuntime, cluster: ClusterLayout, nodes: list[NodeLayout], cid: str
+    runtime: KafkaRuntime,
+    cluster: ClusterLayout,
+    nodes: list[NodeLayout],
+    cid: str,
+    extra_args: list[str],
 ) -> None:
     """Format every node's log dir that has not been formatted yet, in parallel."""
     pending = []
@@ -214,6 +238,7 @@ def _format_storage(
         ]
         if cluster.node_count == 1:
             cmd.append("--standalone")
+        cmd += extra_args  # SCRAM users, stored with the cluster's first metadata
         pending.append(
             (node, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
         )
@@ -274,6 +299,12 @@ def start(
             f"--port N (node n uses N+2(n-1) and the next port) or stop that program"
         )
     cid = _cluster_id(cluster)
+    material = (
+        ensure_material(cluster.data_dir, tls=cluster.tls, sasl=cluster.sasl)
+        if cluster.tls or cluster.sasl
+        else None
+    )
+    client_config = material.client_config() if material else {}
     if to_start:
         runtime = resolve_runtime(cache_dir, kafka_home)
         log.info(
@@ -285,8 +316,13 @@ def start(
         (cluster.data_dir / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
         for node in to_start:
             node.node_dir.mkdir(parents=True, exist_ok=True)
-            node.properties_path.write_text(server_properties(cluster, node))
-        _format_storage(runtime, cluster, to_start, cid)
+            lines = material.server_lines(cluster.protocol) if material else []
+            # Owner-only: with --tls/--sasl it holds the keystore and inter-broker passwords.
+            fd = os.open(node.properties_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(server_properties(cluster, node, lines))
+        scram = material.scram_format_args() if material else []
+        _format_storage(runtime, cluster, to_start, cid, scram)
         for node in to_start:
             pid = _launch(runtime, cluster, node, detach=detach)
             log.info(
@@ -312,6 +348,7 @@ def start(
             {n.node_id: f"{HOST}:{n.port}" for n in cluster.nodes},
             max(remaining, 5.0),
             check_alive,
+            client_config,
         )
     except TimeoutError as exc:
         tails = "\n".join(f"--- node {n.node_id}:\n{_log_tail(n, 10)}" for n in cluster.nodes)
@@ -321,6 +358,8 @@ def start(
         already_running=not to_start,
         ready_seconds=time.monotonic() - began,
         cluster_id=cid,
+        client_config=client_config,
+        client_config_path=cluster.data_dir / "client.conf" if material else None,
     )
 
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 HOST = "127.0.0.1"
 MAX_NODES = 3
+
+
+def security_protocol(*, tls: bool, sasl: bool) -> str:
+    """Kafka's name for a listener's protocol with or without TLS and SASL."""
+    if tls:
+        return "SASL_SSL" if sasl else "SSL"
+    return "SASL_PLAINTEXT" if sasl else "PLAINTEXT"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +48,13 @@ class ClusterLayout:
     node_count: int
     base_port: int
     data_dir: Path
+    tls: bool = False
+    sasl: bool = False
+
+    @property
+    def protocol(self) -> str:
+        """The client listener's security protocol (also its listener name)."""
+        return security_protocol(tls=self.tls, sasl=self.sasl)
 
     def __post_init__(self) -> None:
         if not 1 <= self.node_count <= MAX_NODES:
@@ -68,8 +83,12 @@ class ClusterLayout:
         return tuple(p for node in self.nodes for p in (node.port, node.controller_port))
 
 
-def server_properties(cluster: ClusterLayout, node: NodeLayout) -> str:
-    """Render server.properties for one combined broker+controller node."""
+def server_properties(
+    cluster: ClusterLayout, node: NodeLayout, security_lines: Sequence[str] = ()
+) -> str:
+    """Render server.properties for one combined broker+controller node; `security_lines`
+    configure TLS and SASL for the client listener (named after its protocol)."""
+    listener = cluster.protocol
     replicas = cluster.node_count
     # With 3 nodes, one may be killed on purpose and writes must still succeed.
     min_isr = 2 if replicas >= 3 else 1
@@ -82,14 +101,15 @@ def server_properties(cluster: ClusterLayout, node: NodeLayout) -> str:
         "process.roles=broker,controller",
         f"node.id={node.node_id}",
         quorum,
-        f"listeners=PLAINTEXT://{HOST}:{node.port},CONTROLLER://{HOST}:{node.controller_port}",
+        f"listeners={listener}://{HOST}:{node.port},CONTROLLER://{HOST}:{node.controller_port}",
         (
-            f"advertised.listeners=PLAINTEXT://{HOST}:{node.port},"
+            f"advertised.listeners={listener}://{HOST}:{node.port},"
             f"CONTROLLER://{HOST}:{node.controller_port}"
         ),
         "controller.listener.names=CONTROLLER",
-        "inter.broker.listener.name=PLAINTEXT",
-        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        f"inter.broker.listener.name={listener}",
+        # The controller listener stays on loopback in plain text: only these nodes use it.
+        f"listener.security.protocol.map=CONTROLLER:PLAINTEXT,{listener}:{listener}",
         f"log.dirs={node.log_dirs}",
         "num.partitions=4",
         f"default.replication.factor={replicas}",
@@ -110,6 +130,7 @@ def server_properties(cluster: ClusterLayout, node: NodeLayout) -> str:
         "num.io.threads=4",
         "log.retention.hours=24",
         "log.segment.bytes=268435456",
+        *security_lines,
     ]
     return "\n".join(lines) + "\n"
 
