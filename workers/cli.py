@@ -25,6 +25,7 @@ from workers.log import LOG_FORMATS, LOG_LEVELS, configure_logging
 from workers.model_store import ModelError, list_versions
 from workers.run_infer import StartupError
 from workers.settings import SettingsError, add_option, default_state_dir, kafka_config
+from workers.signing import SignatureError
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -411,6 +412,14 @@ def _add_train_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noq
     )
     add_option(
         train,
+        "--sign-key",
+        environ=environ,
+        type=Path,
+        help="PEM ed25519 private key: sign the manifest into manifest.sig (with "
+        "SCORESTREAM_MODEL_HMAC_KEY set and no --sign-key, HMAC-SHA256 signs instead)",
+    )
+    add_option(
+        train,
         "--if-missing",
         environ=environ,
         switch=True,
@@ -445,6 +454,14 @@ def _add_infer_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noq
         environ=environ,
         type=_positive_int,
         help="pin this version (default: serve the highest and pick up newer ones)",
+    )
+    add_option(
+        infer,
+        "--model-verify-key",
+        environ=environ,
+        type=Path,
+        help="PEM ed25519 public key: serve only versions whose manifest.sig it verifies "
+        "(SCORESTREAM_MODEL_HMAC_KEY in the environment requires HMAC-SHA256 signatures too)",
     )
     add_option(
         infer,
@@ -784,7 +801,8 @@ def _monitor(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return EXIT_OK
 
 
-def _train(args: argparse.Namespace, _environ: Mapping[str, str]) -> int:
+def _train(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from workers.signing import load_signer  # noqa: PLC0415
     from workers.training import train  # noqa: PLC0415
 
     if not args.name:
@@ -794,9 +812,11 @@ def _train(args: argparse.Namespace, _environ: Mapping[str, str]) -> int:
     if args.if_missing and existing:
         log.info("model_present", model=args.name, versions=existing, trained=False)
         return EXIT_OK
+    signer = load_signer(args.sign_key, environ)
     folder = train(
         args.name,
         args.models_dir,
+        signer=signer,
         dataset=args.dataset,
         estimator=args.estimator,
         seed=args.seed,
@@ -808,6 +828,7 @@ def _train(args: argparse.Namespace, _environ: Mapping[str, str]) -> int:
         version=manifest["version"],
         path=str(folder),
         sha256=manifest["sha256"],
+        signed=(folder / "manifest.sig").exists(),
         metrics=manifest["metrics"],
     )
     return EXIT_OK
@@ -816,6 +837,7 @@ def _train(args: argparse.Namespace, _environ: Mapping[str, str]) -> int:
 def _infer(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from workers.kafka_io.infer_loop import InferSettings  # noqa: PLC0415
     from workers.run_infer import install_stop_handlers, run_infer  # noqa: PLC0415
+    from workers.signing import load_verifier  # noqa: PLC0415
 
     if args.model is None:
         raise SettingsError("--model is required (or SCORESTREAM_MODEL), e.g. models/NAME")
@@ -837,7 +859,10 @@ def _infer(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     )
     stop = threading.Event()
     install_stop_handlers(stop)
-    return run_infer(settings, args.model, args.model_version, args.model_poll_s, stop)
+    verifier = load_verifier(args.model_verify_key, environ)
+    return run_infer(
+        settings, args.model, args.model_version, args.model_poll_s, stop, verifier=verifier
+    )
 
 
 def _layout(args: argparse.Namespace) -> ClusterLayout:
@@ -926,6 +951,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         MonitorStartupError,
         CheckpointError,
         ReportError,
+        SignatureError,
     ) as exc:
         print(f"scorestream: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

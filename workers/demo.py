@@ -30,6 +30,7 @@ from workers.kafka_io.roundtrip import produce_all, read_to_end
 from workers.model_store import list_versions, read_manifest
 from workers.produce import ProduceCounts, ProduceSettings, run_produce
 from workers.report import report_from_topics, write_report
+from workers.signing import load_signer
 from workers.training import load_dataset, train
 
 DEMO_MODEL = "breast_cancer"
@@ -122,7 +123,8 @@ def run_demo(
     model_dir = models_dir / DEMO_MODEL
     if not list_versions(model_dir):
         print(f"training {DEMO_MODEL} (first run) ...")
-        train(DEMO_MODEL, models_dir, dataset="breast_cancer")
+        # Signed when SCORESTREAM_MODEL_HMAC_KEY is set: the demo's infer then requires it.
+        train(DEMO_MODEL, models_dir, dataset="breast_cancer", signer=load_signer(None, os.environ))
     manifest = read_manifest(model_dir / str(list_versions(model_dir)[-1]))
     print(
         f"model {manifest.name} v{manifest.version}: {len(manifest.features)} features, "

@@ -29,11 +29,14 @@ from workers.core.scoring import (
     Scorer,
     SklearnClassifierScorer,
 )
+from workers.signing import SIGNATURE, SignatureError, Verifier
 
 MANIFEST = "manifest.json"
 ARTIFACT = "model.joblib"
 FRAMEWORKS = ("sklearn", "river")
 REQUIRED_FIELDS = ("name", "version", "framework", "features", "sha256", "created_at")
+
+NO_KEYS = Verifier()  # no verification key: signatures are not required
 
 log = structlog.get_logger("scorestream.model_store")
 
@@ -108,12 +111,23 @@ def list_versions(model_dir: Path) -> list[int]:
 
 
 def read_manifest(version_dir: Path) -> Manifest:
+    return parse_manifest(_read_manifest_bytes(version_dir), version_dir)
+
+
+def _read_manifest_bytes(version_dir: Path) -> bytes:
+    try:
+        return (version_dir / MANIFEST).read_bytes()
+    except FileNotFoundError as exc:
+        raise ModelError(f"{version_dir / MANIFEST} does not exist") from exc
+    except OSError as exc:
+        raise ModelError(f"{version_dir / MANIFEST}: {exc.strerror}") from exc
+
+
+def parse_manifest(raw: bytes, version_dir: Path) -> Manifest:
     where = str(version_dir / MANIFEST)
     try:
-        data = json.loads((version_dir / MANIFEST).read_text())
-    except FileNotFoundError as exc:
-        raise ModelError(f"{where} does not exist") from exc
-    except (OSError, ValueError) as exc:
+        data = json.loads(raw)
+    except ValueError as exc:
         raise ModelError(f"{where} is not readable JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise ModelError(f"{where} is not a JSON object")
@@ -127,9 +141,31 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def load_version(version_dir: Path) -> LoadedModel:
-    """Verify and load one version; raise ModelError (never unpickle unverified bytes)."""
-    manifest = read_manifest(version_dir)
+def verify_signature(version_dir: Path, manifest_bytes: bytes, verifier: Verifier) -> None:
+    """With a verification key configured, the manifest must carry a valid signature."""
+    if not verifier.required:
+        return
+    try:
+        signature: str | None = (version_dir / SIGNATURE).read_text()
+    except FileNotFoundError:
+        signature = None
+    except OSError as exc:
+        raise ModelError(f"{version_dir / SIGNATURE}: {exc.strerror}") from exc
+    try:
+        verifier.verify(manifest_bytes, signature, str(version_dir))
+    except SignatureError as exc:
+        raise ModelError(f"{exc}; refusing to load it") from exc
+
+
+def load_version(version_dir: Path, verifier: Verifier = NO_KEYS) -> LoadedModel:
+    """Verify and load one version; raise ModelError (never unpickle unverified bytes).
+
+    Order: the manifest's signature (when a key is configured) over the very bytes that are
+    then parsed, the artifact's sha256 against that manifest over the very bytes that are
+    then unpickled."""
+    manifest_bytes = _read_manifest_bytes(version_dir)
+    verify_signature(version_dir, manifest_bytes, verifier)
+    manifest = parse_manifest(manifest_bytes, version_dir)
     try:
         blob = (version_dir / ARTIFACT).read_bytes()
     except OSError as exc:
@@ -210,15 +246,17 @@ def resolve(model_dir: Path, pinned: int | None) -> Path:
     return model_dir / str(versions[-1])
 
 
-def load_newest_good(model_dir: Path, pinned: int | None) -> LoadedModel:
+def load_newest_good(
+    model_dir: Path, pinned: int | None, verifier: Verifier = NO_KEYS
+) -> LoadedModel:
     """Load the pinned version, or the highest that verifies (refusing broken ones on the way)."""
     if pinned is not None:
-        return load_version(resolve(model_dir, pinned))
+        return load_version(resolve(model_dir, pinned), verifier)
     resolve(model_dir, None)  # raises the helpful error when there is nothing at all
     errors = []
     for version in reversed(list_versions(model_dir)):
         try:
-            return load_version(model_dir / str(version))
+            return load_version(model_dir / str(version), verifier)
         except ModelError as exc:
             log.error("model_refused", model_dir=str(model_dir), version=version, reason=str(exc))
             errors.append(str(exc))
@@ -255,12 +293,19 @@ class ModelWatcher:
     A refused version is not tried again until its files change.
     """
 
-    def __init__(self, model_dir: Path, serving: Manifest, poll_interval_s: float) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        serving: Manifest,
+        poll_interval_s: float,
+        verifier: Verifier = NO_KEYS,
+    ) -> None:
         self.model_dir = model_dir
+        self.verifier = verifier
         self.poll_interval_s = poll_interval_s
         self._serving = serving
         self._ready: LoadedModel | None = None
-        self._refused: dict[int, tuple[int, int]] = {}
+        self._refused: dict[int, tuple[int, ...]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
@@ -294,7 +339,7 @@ class ModelWatcher:
             if self._refused.get(version) == stamp:
                 continue
             try:
-                loaded = load_version(version_dir)
+                loaded = load_version(version_dir, self.verifier)
                 check_compatible(current, loaded.manifest)
             except ModelError as exc:
                 self._refused[version] = stamp
@@ -325,11 +370,12 @@ class ModelWatcher:
                 log.exception("model_watch_failed", model_dir=str(self.model_dir))
 
 
-def _stamp(version_dir: Path) -> tuple[int, int]:
+def _stamp(version_dir: Path) -> tuple[int, ...]:
+    """When the version's files last changed: a refused version is retried once they do."""
     stamps = []
-    for name in (MANIFEST, ARTIFACT):
+    for name in (MANIFEST, ARTIFACT, SIGNATURE):
         try:
             stamps.append((version_dir / name).stat().st_mtime_ns)
         except OSError:
             stamps.append(0)
-    return stamps[0], stamps[1]
+    return tuple(stamps)

@@ -12,7 +12,8 @@ from types import FrameType
 import structlog
 
 from workers.kafka_io.infer_loop import InferenceWorker, InferSettings
-from workers.model_store import ModelError, ModelWatcher, load_newest_good
+from workers.model_store import NO_KEYS, ModelError, ModelWatcher, load_newest_good
+from workers.signing import Verifier
 
 log = structlog.get_logger("scorestream.infer")
 
@@ -34,20 +35,22 @@ def install_stop_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handle)
 
 
-def run_infer(
+def run_infer(  # noqa: PLR0913 - the worker's settings and where its model comes from
     settings: InferSettings,
     model_dir: Path,
     pinned_version: int | None,
     model_poll_s: float,
     stop: threading.Event,
+    *,
+    verifier: Verifier = NO_KEYS,
 ) -> int:
     try:
-        loaded = load_newest_good(model_dir, pinned_version)
+        loaded = load_newest_good(model_dir, pinned_version, verifier)
     except ModelError as exc:
         raise StartupError(str(exc)) from exc
     watcher = None
     if pinned_version is None and model_poll_s > 0:
-        watcher = ModelWatcher(model_dir, loaded.manifest, model_poll_s)
+        watcher = ModelWatcher(model_dir, loaded.manifest, model_poll_s, verifier)
         watcher.start()
     worker = InferenceWorker(settings, loaded, watcher)
     worker.run(stop)  # waits, with logged retries, for brokers that are not up yet

@@ -19,6 +19,7 @@ import numpy.typing as npt
 from workers.core.feature_summary import summarize_features
 from workers.core.scoring import Label
 from workers.model_store import ARTIFACT, MANIFEST, register, sha256_hex
+from workers.signing import SIGNATURE, Signer
 
 DATASETS = ("breast_cancer", "wine", "iris", "phishing")
 ESTIMATORS = ("logistic_regression", "hist_gradient_boosting", "river_logistic_regression")
@@ -125,11 +126,13 @@ def train(  # noqa: PLR0913 - one keyword per CLI flag
     estimator: str = "logistic_regression",
     seed: int = 0,
     test_size: float = 0.25,
+    signer: Signer | None = None,
 ) -> Path:
     """Fit, evaluate on a held-out split, and register the next version; return its folder."""
     return train_on(
-        name, models_dir, load_dataset(dataset), estimator=estimator, seed=seed, test_size=test_size
-    )
+        name, models_dir, load_dataset(dataset), estimator=estimator, seed=seed,
+        test_size=test_size, signer=signer,
+    )  # fmt: skip
 
 
 def train_on(  # noqa: PLR0913
@@ -140,8 +143,10 @@ def train_on(  # noqa: PLR0913
     estimator: str = "logistic_regression",
     seed: int = 0,
     test_size: float = 0.25,
+    signer: Signer | None = None,
 ) -> Path:
-    """Like `train`, on data given in memory (benchmarks bring their own)."""
+    """Like `train`, on data given in memory (benchmarks bring their own). With a `signer`,
+    the manifest's bytes are signed into manifest.sig inside the same atomic rename."""
     from sklearn.model_selection import train_test_split  # noqa: PLC0415
 
     dataset = data.name
@@ -188,7 +193,10 @@ def train_on(  # noqa: PLR0913
             "feature_summary": summarize_features(x_train, data.features),
             "seed": seed,
         }
-        (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        manifest_bytes = (json.dumps(manifest, indent=2) + "\n").encode()
+        (folder / MANIFEST).write_bytes(manifest_bytes)
+        if signer is not None and signer.enabled:
+            (folder / SIGNATURE).write_text(signer.sign(manifest_bytes))
 
     return register(models_dir / name, write)
 
