@@ -15,7 +15,7 @@ import structlog
 
 from workers import __version__
 from workers.checkpoint import CheckpointError
-from workers.core.events import DEFAULT_MAX_VALUE_BYTES
+from workers.core.events import DEFAULT_MAX_FEATURES, DEFAULT_MAX_VALUE_BYTES, MAX_EVENT_ID_CHARS
 from workers.core.report import ReportError
 from workers.kafka_io.monitor_loop import MonitorStartupError
 from workers.local_kafka import cluster
@@ -540,6 +540,30 @@ def _add_infer_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noq
     )
     add_option(
         infer,
+        "--max-event-id-length",
+        environ=environ,
+        type=_positive_int,
+        default=MAX_EVENT_ID_CHARS,
+        help="longer event_ids are dead-lettered (schema)",
+    )
+    add_option(
+        infer,
+        "--max-features",
+        environ=environ,
+        type=_positive_int,
+        default=DEFAULT_MAX_FEATURES,
+        help="events whose features object has more keys are dead-lettered (features)",
+    )
+    add_option(
+        infer,
+        "--redact-features",
+        environ=environ,
+        switch=True,
+        help="keep feature values out of logs and DLQ headers: a dead letter's error.message "
+        "is kept only when it quotes nothing of the event (the original bytes stay the value)",
+    )
+    add_option(
+        infer,
         "--metrics-port",
         environ=environ,
         type=int,
@@ -856,6 +880,9 @@ def _infer(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         exactly_once=args.processing_guarantee == "exactly-once",
         instance_id=args.instance_id,
         transaction_interval_ms=args.transaction_interval_ms,
+        max_event_id_chars=args.max_event_id_length,
+        max_features=args.max_features,
+        redact_features=args.redact_features,
     )
     stop = threading.Event()
     install_stop_handlers(stop)

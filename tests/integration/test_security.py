@@ -9,6 +9,7 @@ import os
 import stat
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,11 +20,14 @@ import pytest
 from tests.conftest import IN_CI, free_base_port
 from tests.integration.workers import WorkerProcess
 from workers.kafka_io.admin import create_topics, live_broker_ids
-from workers.kafka_io.roundtrip import read_to_end
+from workers.kafka_io.roundtrip import produce_all, read_to_end
 from workers.local_kafka import cluster
 from workers.local_kafka.layout import ClusterLayout
 from workers.local_kafka.runtime import BrokerSetupError, default_cache_dir
+from workers.model_store import load_version
 from workers.settings import parse_key_value
+from workers.signing import HMAC_KEY_VARIABLE, load_signer
+from workers.training import train
 
 
 @dataclass
@@ -73,28 +77,46 @@ def test_client_conf_reaches_the_broker_and_nothing_else_does(secure_kafka: Secu
     assert live_broker_ids(bootstrap, timeout_s=3, extra=tls_only) == set()
 
 
-def test_infer_and_monitor_run_over_sasl_ssl_and_log_no_secret(
-    secure_kafka: SecureKafka, trained_registry: Path, tmp_path: Path
+def test_infer_and_monitor_run_over_sasl_ssl_and_no_secret_leaks(
+    secure_kafka: SecureKafka, tmp_path: Path
 ) -> None:
+    """Secrets from the file, the environment and the model key reach no log line, no metric
+    and no dead letter header; with --redact-features neither do the events' values."""
     run = uuid.uuid4().hex[:8]
     t = {k: f"sec-{run}.{k}" for k in ("in", "out", "dlq", "labels", "alerts")}
     bootstrap, config = secure_kafka.bootstrap_servers, secure_kafka.config
     create_topics(bootstrap, {t["in"]: 2, t["out"]: 2, t["labels"]: 2, t["alerts"]: 1},
                   client_config=config)  # fmt: skip
-    model = str(trained_registry / "bc")
-    conf = ["--bootstrap-servers", bootstrap, "--kafka-config-file", str(secure_kafka.client_conf)]
+    hmac_key = f"model-key-{uuid.uuid4().hex}"
+    # The password comes from the environment, the rest from the file.
+    env = {HMAC_KEY_VARIABLE: hmac_key, "SCORESTREAM_KAFKA_SASL_PASSWORD": config["sasl.password"]}
+    file_without_password = tmp_path / "client.conf"
+    file_without_password.write_text("".join(
+        f"{k}={v}\n" for k, v in config.items() if k != "sasl.password"))  # fmt: skip
+    models = tmp_path / "models"
+    train("bc", models, signer=load_signer(None, env))  # signed: the worker requires it
+    model = str(models / "bc")
+    conf = ["--bootstrap-servers", bootstrap, "--kafka-config-file", str(file_without_password)]
+    ports = free_base_port(2)
     infer = WorkerProcess("infer", *conf, "--model", model, "--input-topic", t["in"],
                           "--output-topic", t["out"], "--dlq-topic", t["dlq"],
                           "--group-id", f"sec-{run}", "--log-interval-s", "1",
-                          "--processing-guarantee", "exactly-once")  # fmt: skip
+                          "--processing-guarantee", "exactly-once", "--redact-features",
+                          "--metrics-port", str(ports), env=env)  # fmt: skip
     monitor = WorkerProcess("monitor", *conf, "--predictions-topic", t["out"],
                             "--labels-topic", t["labels"], "--alerts-topic", t["alerts"],
                             "--group-id", f"sec-m-{run}", "--state-dir", str(tmp_path / "state"),
-                            "--log-interval-s", "0.5")  # fmt: skip
+                            "--log-interval-s", "0.5", "--metrics-port", str(ports + 1),
+                            env=env)  # fmt: skip
     producer = WorkerProcess("produce", *conf, "--model", model, "--features-topic", t["in"],
                              "--labels-topic", t["labels"], "--events", "500", "--rate", "1000",
                              "--label-delay-min-s", "0", "--label-delay-max-s", "0.5",
-                             "--prefix", f"sec-{run}")  # fmt: skip
+                             "--prefix", f"sec-{run}", env=env)  # fmt: skip
+    # A poison event whose feature value is personal: it must stay in the DLQ's value only.
+    names = load_version(models / "bc" / "1").manifest.features
+    features = {**dict.fromkeys(names, 1.0), names[0]: "jane-doe"}
+    poison = json.dumps({"event_id": "p1", "features": features})
+    produce_all(bootstrap, t["in"], [(b"p1", poison.encode())], config)
     try:
         assert producer.proc.wait(timeout=60) == 0
         deadline = time.monotonic() + 60
@@ -104,15 +126,29 @@ def test_infer_and_monitor_run_over_sasl_ssl_and_log_no_secret(
             joined = summaries[-1]["joined"] if summaries else 0
             time.sleep(0.5)
         predictions = read_to_end(bootstrap, t["out"], config)
+        dead = read_to_end(bootstrap, t["dlq"], config)
+        metrics = [_metrics_text(port) for port in (ports, ports + 1)]
     finally:
         codes = [w.stop()[0] for w in (infer, monitor)]
     assert codes == [0, 0]
     assert len({r.key for r in predictions}) == len(predictions) == 500
     assert joined == 500
+    [letter] = dead
+    assert letter.value == poison.encode()  # the original bytes, kept
+    headers = json.dumps({k: v.decode() for k, v in letter.headers.items()})
     logged = "\n".join(json.dumps(line) for w in (infer, monitor, producer) for line in w.lines)
     assert "sasl.password" in logged  # the setting is named in the started line ...
-    for secret in secure_kafka.secrets.values():
-        assert secret not in logged  # ... but never its value
+    secrets = [*secure_kafka.secrets.values(), hmac_key]
+    for text in (logged, headers, *metrics):
+        for secret in secrets:
+            assert secret not in text  # ... but never its value, nor any other secret
+        assert "jane-doe" not in text
+
+
+def _metrics_text(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text: str = response.read().decode()
+    return text
 
 
 @pytest.mark.parametrize(

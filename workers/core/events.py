@@ -19,6 +19,9 @@ import msgspec
 
 MAX_EVENT_ID_CHARS: Final = 256
 DEFAULT_MAX_VALUE_BYTES: Final = 1_048_576
+# Keys in one event's `features` object (the model's plus ignored extras): bounds the work a
+# single event can cause.
+DEFAULT_MAX_FEATURES: Final = 4096
 
 EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_EVENT_ID_CHARS)]
 EpochMillis = Annotated[int, msgspec.Meta(ge=0)]
@@ -65,14 +68,25 @@ class EventDecoder:
     """Decode FeatureEvent bytes for one model's ordered feature list."""
 
     def __init__(
-        self, features: Sequence[str], max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+        self,
+        features: Sequence[str],
+        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+        *,
+        max_event_id_chars: int = MAX_EVENT_ID_CHARS,
+        max_features: int = DEFAULT_MAX_FEATURES,
     ) -> None:
         if not features:
             raise ValueError("a model needs at least one feature")
         if len(set(features)) != len(features):
             raise ValueError("feature names must be unique")
+        if max_features < len(features):
+            raise ValueError(
+                f"the model has {len(features)} features, more than max_features={max_features}"
+            )
         self.features = tuple(features)
         self.max_value_bytes = max_value_bytes
+        self.max_features = max_features
+        event_id = Annotated[str, msgspec.Meta(min_length=1, max_length=max_event_id_chars)]
         fields = [f"f{i}" for i in range(len(self.features))]
         # Field names must be identifiers; the wire names ("mean radius") are the renames.
         features_struct = msgspec.defstruct(
@@ -85,7 +99,7 @@ class EventDecoder:
         self._event_type = msgspec.defstruct(
             "FeatureEvent",
             [
-                ("event_id", EventId),
+                ("event_id", event_id),
                 ("features", features_struct),
                 ("event_time", EpochMillis | None, None),
             ],
@@ -93,6 +107,12 @@ class EventDecoder:
             gc=False,
         )
         self._decoder = msgspec.json.Decoder(self._event_type)
+        envelope = msgspec.defstruct(
+            "Envelope",
+            [("event_id", event_id), ("features", dict[str, Any]),
+             ("event_time", EpochMillis | None, None)],
+        )  # fmt: skip
+        self._envelope = msgspec.json.Decoder(envelope)
         self.keys_without_extras = 2 + len(self.features)  # event_id, features, each feature
         self._astuple = msgspec.structs.astuple
 
@@ -102,8 +122,9 @@ class EventDecoder:
         if type(decoded) is InvalidEvent:
             return decoded
         event_id, row, event_time = decoded  # type: ignore[misc]
-        if self.duplicate_key(value, event_id, event_time):  # type: ignore[arg-type]
-            return DUPLICATE_KEY
+        problem = self.key_problem(value, event_id, event_time)  # type: ignore[arg-type]
+        if problem is not None:
+            return problem
         for index, x in enumerate(row):
             # JSON has no NaN/Infinity literals, but an overflowing number such as 1e400
             # must still never reach the model.
@@ -141,10 +162,27 @@ class EventDecoder:
         any inside its event_id. More means extra keys, a repeated key or colons in strings."""
         return self.keys_without_extras + (event_time is not None) + event_id.count(":")
 
-    def duplicate_key(self, value: bytes, event_id: str, event_time: int | None) -> bool:
-        """A document with a key twice is ambiguous (the decoder keeps the last): refused.
-        Walked only when its colons say it has more keys than it needs."""
-        return value.count(b":") != self.colons(event_id, event_time) and _has_duplicate_key(value)
+    def key_problem(
+        self, value: bytes, event_id: str, event_time: int | None
+    ) -> InvalidEvent | None:
+        """A key twice in one object (ambiguous: the decoder keeps the last), or more keys in
+        `features` than --max-features. Walked only when its colons say it has more keys than
+        the model needs: extra keys are allowed, so this is the rare path."""
+        if value.count(b":") == self.colons(event_id, event_time):
+            return None
+        try:
+            document = json.loads(value, object_pairs_hook=_no_duplicates)
+        except _DuplicateKey:
+            return DUPLICATE_KEY
+        except ValueError:  # msgspec accepted it; stdlib json is stricter about nothing we need
+            return None
+        features = document.get("features") if isinstance(document, dict) else None
+        if isinstance(features, dict) and len(features) > self.max_features:
+            return InvalidEvent(
+                ErrorType.FEATURES,
+                f"{len(features)} keys in features, more than the limit of {self.max_features}",
+            )
+        return None
 
     def _classify(self, value: bytes, message: str) -> InvalidEvent:
         """Name the most basic thing wrong: unreadable JSON, then the envelope, then features.
@@ -154,7 +192,7 @@ class EventDecoder:
         runs only for invalid events.
         """
         try:
-            _ENVELOPE.decode(value)
+            self._envelope.decode(value)
         except msgspec.ValidationError as exc:
             envelope_error = _classify(str(exc))
             if envelope_error.error_type == ErrorType.SCHEMA:
@@ -181,25 +219,27 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def _has_duplicate_key(value: bytes) -> bool:
-    try:
-        json.loads(value, object_pairs_hook=_no_duplicates)
-    except _DuplicateKey:
-        return True
-    except ValueError:  # msgspec accepted it; stdlib json is stricter about nothing we need
-        return False
-    return False
+# Messages made only of our own words, type names and JSON paths: they quote no input value.
+_SAFE_MESSAGES: Final = re.compile(
+    r"(Expected `[^`]*`(, got `\w+`)?( of length [<>=]+ \d+| [<>=]+ \d+)?( - at `\$[^`]*`)?"
+    r"|Number out of range( - at `\$[^`]*`)?"
+    r"|Object missing required field `[^`]*`( - at `\$[^`]*`)?"
+    r"|JSON is malformed: [\w\- ]+ \(byte \d+\)|Input data was truncated"
+    r"|value of \d+ bytes exceeds the limit of \d+|empty message \(null value / tombstone\)"
+    r"|JSON nested too deeply|a key appears twice in one JSON object"
+    r"|\d+ keys in features, more than the limit of \d+"
+    r"|feature `[^`]*` is not a finite number)"
+)
 
 
-class _Envelope(msgspec.Struct):
-    """A FeatureEvent without the model: what any well-formed event satisfies."""
-
-    event_id: EventId
-    features: dict[str, Any]
-    event_time: EpochMillis | None = None
-
-
-_ENVELOPE: Final = msgspec.json.Decoder(_Envelope)
+def redacted_message(invalid: InvalidEvent) -> str:
+    """The message with nothing of the event's values in it (--redact-features): ours and the
+    decoder's structural messages as they are, anything else (a model's exception, which may
+    quote the row) replaced by the reason alone."""
+    # The decoder's quotes become ' in our messages; either kind is read as a quote here.
+    if _SAFE_MESSAGES.fullmatch(invalid.message.replace("'", "`")):
+        return invalid.message
+    return f"{invalid.error_type.value}: details withheld (--redact-features)"
 
 
 def _classify(message: str) -> InvalidEvent:

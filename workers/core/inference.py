@@ -10,7 +10,6 @@ import msgspec
 import numpy as np
 
 from workers.core.events import (
-    DUPLICATE_KEY,
     ErrorType,
     EventDecoder,
     InvalidEvent,
@@ -70,7 +69,7 @@ def score_batch(
             with_time += 1
     if not rows:
         return result
-    dropped = _repeated_keys(values, indices, ids, times, with_time, decoder, timestamps_ms)
+    dropped = _key_problems(values, indices, ids, times, with_time, decoder, timestamps_ms)
     matrix = np.array(rows, dtype=np.float64)
     finite = np.isfinite(matrix)
     if not finite.all() or dropped:
@@ -91,23 +90,23 @@ def score_batch(
 def _drop_rows(  # noqa: PLR0913, PLR0917 - the batch columns, passed through
     matrix: Matrix,
     finite: np.ndarray,
-    dropped: set[int],
+    dropped: dict[int, InvalidEvent],
     indices: list[int],
     ids: list[str],
     times: list[int],
     decoder: EventDecoder,
     result: BatchResult,
 ) -> tuple[Matrix, list[int], list[str], list[int]]:
-    """Dead-letter rows with a repeated key or a non-finite feature; keep the others."""
+    """Dead-letter rows with a key problem or a non-finite feature; keep the others."""
     # An overflowing number such as 1e400 decodes to infinity: never let it reach the model.
     bad_rows = np.flatnonzero(~finite.all(axis=1)).tolist()
     for j in bad_rows:
         if j not in dropped:
             first_bad = int(np.flatnonzero(~finite[j])[0])
             result.invalid.append((indices[j], decoder.not_finite(first_bad)))
-    result.invalid.extend((indices[j], DUPLICATE_KEY) for j in dropped)
+    result.invalid.extend((indices[j], problem) for j, problem in dropped.items())
     result.invalid.sort(key=lambda item: item[0])
-    gone = dropped | set(bad_rows)
+    gone = set(dropped) | set(bad_rows)
     keep = [j for j in range(len(indices)) if j not in gone]
     return (
         matrix[keep],
@@ -117,7 +116,7 @@ def _drop_rows(  # noqa: PLR0913, PLR0917 - the batch columns, passed through
     )
 
 
-def _repeated_keys(  # noqa: PLR0913, PLR0917 - the batch columns, passed through
+def _key_problems(  # noqa: PLR0913, PLR0917 - the batch columns, passed through
     values: Sequence[bytes | None],
     indices: list[int],
     ids: list[str],
@@ -125,8 +124,9 @@ def _repeated_keys(  # noqa: PLR0913, PLR0917 - the batch columns, passed throug
     with_time: int,
     decoder: EventDecoder,
     timestamps_ms: Sequence[int],
-) -> set[int]:
-    """Positions of decoded events that repeat a key, found for the whole batch at once.
+) -> dict[int, InvalidEvent]:
+    """Positions of decoded events that repeat a key or carry too many features, found for the
+    whole batch at once.
 
     Every key is followed by a colon: if the batch holds exactly as many colons as its events'
     keys and ids need, no event has an extra or repeated key (one vectorised count, instead of
@@ -137,14 +137,14 @@ def _repeated_keys(  # noqa: PLR0913, PLR0917 - the batch columns, passed throug
     colons = int(np.count_nonzero(blob == _COLON))
     needed = len(kept) * decoder.keys_without_extras + with_time + "".join(ids).count(":")
     if colons == needed:
-        return set()
-    return {
-        j
-        for j, value in enumerate(kept)
-        if decoder.duplicate_key(
-            value, ids[j], None if times[j] == timestamps_ms[indices[j]] else times[j]
-        )
-    }
+        return {}
+    problems = {}
+    for j, value in enumerate(kept):
+        event_time = None if times[j] == timestamps_ms[indices[j]] else times[j]
+        problem = decoder.key_problem(value, ids[j], event_time)
+        if problem is not None:
+            problems[j] = problem
+    return problems
 
 
 _COLON: Final = ord(":")

@@ -33,7 +33,13 @@ import numpy as np
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from workers.core.events import EventDecoder, InvalidEvent
+from workers.core.events import (
+    DEFAULT_MAX_FEATURES,
+    MAX_EVENT_ID_CHARS,
+    EventDecoder,
+    InvalidEvent,
+    redacted_message,
+)
 from workers.core.inference import ServingModel, score_batch
 from workers.kafka_io.admin import create_missing_topics, list_topics
 from workers.kafka_io.clients import (
@@ -46,7 +52,7 @@ from workers.kafka_io.clients import (
     retry_until_ready,
 )
 from workers.metrics import REFRESH_INTERVAL_S, InferMetrics, MetricsServer, Snapshot
-from workers.model_store import LoadedModel, ModelWatcher
+from workers.model_store import LoadedModel, ModelError, ModelWatcher
 from workers.process_tuning import tune_process
 
 log = structlog.get_logger("scorestream.infer")
@@ -102,13 +108,27 @@ class InferSettings:
     # fences the previous incarnation and aborts its open transaction at once).
     instance_id: str | None = None
     transaction_interval_ms: int = 100
+    # Input limits beyond max_value_bytes; an event over one is dead-lettered.
+    max_event_id_chars: int = MAX_EVENT_ID_CHARS
+    max_features: int = DEFAULT_MAX_FEATURES
+    # Keep feature values (and the messages that quote them) out of logs and DLQ headers.
+    redact_features: bool = False
 
 
-def serving_model(loaded: LoadedModel, max_value_bytes: int) -> ServingModel:
+def serving_model(loaded: LoadedModel, settings: InferSettings) -> ServingModel:
+    try:
+        decoder = EventDecoder(
+            loaded.manifest.features,
+            settings.max_value_bytes,
+            max_event_id_chars=settings.max_event_id_chars,
+            max_features=settings.max_features,
+        )
+    except ValueError as exc:
+        raise ModelError(f"{loaded.path}: {exc} (raise --max-features)") from exc
     return ServingModel(
         name=loaded.manifest.name,
         version=loaded.manifest.version,
-        decoder=EventDecoder(loaded.manifest.features, max_value_bytes),
+        decoder=decoder,
         scorer=loaded.scorer,
     )
 
@@ -133,7 +153,7 @@ class InferenceWorker:
         watcher: ModelWatcher | None = None,
     ) -> None:
         self.settings = settings
-        self.model = serving_model(model, settings.max_value_bytes)
+        self.model = serving_model(model, settings)
         self.model_sha256 = model.manifest.sha256
         self.watcher = watcher
         self.stats = _Stats()
@@ -745,7 +765,7 @@ class InferenceWorker:
     def _dead_letter(self, msg: Message, invalid: InvalidEvent) -> None:
         headers: list[tuple[str, str | bytes | None]] = [
             ("error.type", invalid.error_type.value.encode()),
-            ("error.message", invalid.message.encode("utf-8", "replace")[:1000]),
+            ("error.message", self._message(invalid).encode("utf-8", "replace")[:1000]),
             ("source.topic", (msg.topic() or "").encode()),
             ("source.partition", str(msg.partition()).encode()),
             ("source.offset", str(msg.offset()).encode()),
@@ -767,6 +787,9 @@ class InferenceWorker:
             self._produce_when_room(
                 self.settings.dlq_topic, msg.value(), msg.key(), headers, report
             )
+
+    def _message(self, invalid: InvalidEvent) -> str:
+        return redacted_message(invalid) if self.settings.redact_features else invalid.message
 
     def _produce_when_room(
         self,
@@ -793,7 +816,12 @@ class InferenceWorker:
         if ready is None:
             return
         previous = self.model.version
-        self.model = serving_model(ready, self.settings.max_value_bytes)
+        try:
+            self.model = serving_model(ready, self.settings)
+        except ModelError as exc:
+            log.error("model_refused", model=self.model.name, version=ready.version,
+                      serving_version=previous, reason=str(exc))  # fmt: skip
+            return
         self.model_sha256 = ready.manifest.sha256
         self.metrics.serving(self.model.name, self.model.version, self.model_sha256)
         log.info(

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import jsonschema
 import numpy as np
+import pytest
 
-from tests.corpus import BAD
-from workers.core.events import ErrorType, EventDecoder
+from tests.corpus import BAD, FEATURES
+from workers.core.events import ErrorType, EventDecoder, InvalidEvent, redacted_message
 from workers.core.inference import ServingModel, score_batch
 from workers.core.scoring import Matrix, ScoredBatch
 from workers.model_store import load_version
@@ -127,3 +128,53 @@ def test_the_matrix_guard_keeps_infinity_from_the_model() -> None:
     [(index, invalid)] = result.invalid
     assert index == 1
     assert invalid.message == "feature 'b' is not a finite number"
+
+
+def test_input_limits_dead_letter_long_ids_and_crowded_features_in_a_batch() -> None:
+    decoder = EventDecoder(("a", "b"), max_event_id_chars=8, max_features=3)
+    model = ServingModel("m", 1, decoder, FailsOnThirteen())
+    values = [
+        json.dumps({"event_id": "short", "features": {"a": 1, "b": 2, "x": 0}}).encode(),
+        json.dumps({"event_id": "much-too-long", "features": {"a": 1, "b": 2}}).encode(),
+        json.dumps({"event_id": "crowd", "features": {"a": 1, "b": 2, "x": 0, "y": 0}}).encode(),
+    ]
+    result = score_batch(values, [0, 0, 0], model, scored_at_ms=0)
+    assert [i for i, _, _ in result.predictions] == [0]  # an extra key within the limit is fine
+    reasons = {i: (e.error_type, e.message) for i, e in result.invalid}
+    assert reasons[1][0] == ErrorType.SCHEMA
+    assert "<= 8" in reasons[1][1]
+    assert reasons[2] == (ErrorType.FEATURES, "4 keys in features, more than the limit of 3")
+    # The one-event path agrees with the batch path.
+    for value, (_kind, message) in zip(values[1:], (reasons[1], reasons[2]), strict=True):
+        single = decoder.decode(value)
+        assert isinstance(single, InvalidEvent)
+        assert single.message == message
+
+
+def test_a_decoder_refuses_a_feature_limit_below_the_model_s_own_count() -> None:
+    with pytest.raises(ValueError, match="more than max_features=1"):
+        EventDecoder(("a", "b"), max_features=1)
+
+
+def test_redaction_keeps_structural_messages_and_withholds_what_quotes_the_event() -> None:
+    model = ServingModel("m", 1, EventDecoder(("a", "b")), QuotesItsInput())
+    result = score_batch([_event(0, 4242.25)], [0], model, scored_at_ms=0)
+    [(_, invalid)] = result.invalid
+    assert "4242.25" in invalid.message  # the model's own words quote the row
+    assert "4242.25" not in redacted_message(invalid)
+    assert redacted_message(invalid) == "model: details withheld (--redact-features)"
+    for case in BAD:
+        decoded = EventDecoder(FEATURES).decode(case.value)
+        assert isinstance(decoded, InvalidEvent)
+        kept = redacted_message(decoded)
+        withheld = f"{decoded.error_type.value}: details withheld (--redact-features)"
+        assert kept in {decoded.message, withheld}
+        if b"\xff" in (case.value or b""):
+            assert "0xff" not in kept
+
+
+class QuotesItsInput:
+    features: tuple[str, ...] = ("a", "b")
+
+    def score(self, matrix: Matrix) -> ScoredBatch:
+        raise ValueError(f"cannot score row {matrix[0].tolist()}")
