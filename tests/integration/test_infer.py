@@ -118,6 +118,12 @@ def test_valid_events_are_scored_and_every_bad_one_is_dead_lettered(  # noqa: PL
     bad_feature = json.loads(good[0][1])
     bad_feature["features"][features[3]] = True
     bad.append((b"bad-bool-feature", json.dumps(bad_feature).encode(), ErrorType.FEATURES))
+    # Input limits set below (--max-event-id-length 64, --max-features 40).
+    long_id = {"event_id": "i" * 65, "features": dict.fromkeys(features, 1.0)}
+    bad.append((b"bad-long-id", json.dumps(long_id).encode(), ErrorType.SCHEMA))
+    extras = {f"extra{i}": 0 for i in range(11)}
+    crowded = {"event_id": "crowd", "features": {**dict.fromkeys(features, 1.0), **extras}}
+    bad.append((b"bad-crowded", json.dumps(crowded).encode(), ErrorType.FEATURES))
     assert len({kind for _, _, kind in bad}) == 3
     assert len(bad) >= 30
 
@@ -133,7 +139,8 @@ def test_valid_events_are_scored_and_every_bad_one_is_dead_lettered(  # noqa: PL
     port = free_base_port(1)
     worker = WorkerProcess(*infer_args(
         kafka, model_dir, topics, "--metrics-port", str(port),
-        "--processing-guarantee", guarantee))  # fmt: skip
+        "--processing-guarantee", guarantee,
+        "--max-event-id-length", "64", "--max-features", "40"))  # fmt: skip
     try:
         predictions = read_topic(kafka.bootstrap_servers, topics["out"], len(good))
         dead = read_topic(kafka.bootstrap_servers, topics["dlq"], len(bad))
