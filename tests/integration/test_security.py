@@ -171,25 +171,35 @@ def test_a_wrong_password_or_an_untrusted_certificate_is_named_and_retried_slowl
                        check=True, capture_output=True)  # fmt: skip
         override = f"ssl.ca.location={tmp_path / 'other.pem'}"
     run = uuid.uuid4().hex[:8]
-    worker = WorkerProcess(
-        "infer", "--bootstrap-servers", secure_kafka.bootstrap_servers,
-        "--kafka-config-file", str(secure_kafka.client_conf), "--kafka-config", override,
-        "--model", str(trained_registry / "bc"), "--input-topic", f"bad-{run}",
-        "--group-id", f"bad-{run}",
-    )  # fmt: skip
+    conf = [
+        "--bootstrap-servers",
+        secure_kafka.bootstrap_servers,
+        "--kafka-config-file",
+        str(secure_kafka.client_conf),
+        "--kafka-config",
+        override,
+    ]
+    workers = [
+        WorkerProcess("infer", *conf, "--model", str(trained_registry / "bc"),
+                      "--input-topic", f"bad-{run}", "--group-id", f"bad-{run}"),
+        WorkerProcess("monitor", *conf, "--predictions-topic", f"bad-{run}.p",
+                      "--labels-topic", f"bad-{run}.l", "--group-id", f"bad-m-{run}",
+                      "--state-dir", str(tmp_path / "state")),
+    ]  # fmt: skip
     try:
-        first = worker.wait_for("kafka_unreachable", timeout_s=60)
+        firsts = [w.wait_for("kafka_unreachable", timeout_s=60) for w in workers]
         time.sleep(12)
-        assert worker.proc.poll() is None  # still waiting for a fix, not crashed
+        assert [w.proc.poll() for w in workers] == [None, None]  # waiting for a fix
     finally:
-        code, _ = worker.stop()
-    assert code == 0
-    assert expected_reason in first["reason"].lower(), first
-    assert expected_fix in first["fix"], first
-    retries = worker.events("kafka_unreachable")
-    # Backoff 1, 2, 4, 8 s...: a handful of attempts in the time, and no storm of lines.
-    assert 2 <= len(retries) <= 6
-    assert [r["retry_in_s"] for r in retries[:3]] == [1.0, 2.0, 4.0][: len(retries[:3])]
-    assert len(worker.lines) < 40, worker.lines[-10:]
-    if "wrong-password" in override:
-        assert all("wrong-password" not in json.dumps(line) for line in worker.lines)
+        codes = [w.stop()[0] for w in workers]
+    assert codes == [0, 0]
+    for worker, first in zip(workers, firsts, strict=True):
+        assert expected_reason in first["reason"].lower(), first
+        assert expected_fix in first["fix"], first
+        retries = worker.events("kafka_unreachable")
+        # Backoff 1, 2, 4, 8 s...: a handful of attempts in the time, and no storm of lines.
+        assert 2 <= len(retries) <= 6
+        assert [r["retry_in_s"] for r in retries[:3]] == [1.0, 2.0, 4.0][: len(retries[:3])]
+        assert len(worker.lines) < 40, worker.lines[-10:]
+        if "wrong-password" in override:
+            assert all("wrong-password" not in json.dumps(line) for line in worker.lines)
