@@ -30,6 +30,7 @@ from workers.kafka_io.roundtrip import produce_all, read_to_end
 from workers.model_store import list_versions, read_manifest
 from workers.produce import ProduceCounts, ProduceSettings, run_produce
 from workers.report import report_from_topics, write_report
+from workers.run_infer import StartupError
 from workers.signing import load_signer
 from workers.training import load_dataset, train
 
@@ -107,7 +108,7 @@ def _wait_assigned(tails: list[LogTail], procs: list[subprocess.Popen[bytes]]) -
             break
         time.sleep(0.1)
     names = ", ".join(str(t.path) for t in tails)
-    raise RuntimeError(f"the workers did not join their groups within 60 s; see {names}")
+    raise StartupError(f"the workers did not join their groups within 60 s; see {names}")
 
 
 def run_demo(

@@ -71,7 +71,7 @@ def _bound(value: float) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Snapshot:
+class MetricsSnapshot:
     """What a worker knows at one moment; replaced whole, never mutated after publishing."""
 
     lag: Mapping[tuple[str, int], int] = field(default_factory=dict)
@@ -100,7 +100,7 @@ class SnapshotCollector(Collector):
 
     def __init__(self, *, monitor: bool) -> None:
         self.monitor = monitor
-        self.snapshot = Snapshot()
+        self.snapshot = MetricsSnapshot()
 
     def collect(self) -> Iterable[Metric]:
         snap = self.snapshot  # one read: the loop may swap in a new one meanwhile

@@ -12,8 +12,8 @@ from workers.metrics import (
     BulkHistogram,
     InferMetrics,
     MetricsServer,
+    MetricsSnapshot,
     MonitorMetrics,
-    Snapshot,
 )
 
 
@@ -49,7 +49,7 @@ def test_infer_series_follow_the_served_model_version() -> None:
     metrics = InferMetrics()
     metrics.serving("bc", 1, "aa")
     metrics.serving("bc", 2, "bb")
-    metrics.snapshot.snapshot = Snapshot(lag={("features", 1): 7, ("features", 0): 3})
+    metrics.snapshot.snapshot = MetricsSnapshot(lag={("features", 1): 7, ("features", 0): 3})
     got = samples(metrics.registry)
     assert got["scorestream_model_info", (("model", "bc"), ("sha256", "bb"), ("version", "2"))]
     assert (
@@ -62,7 +62,7 @@ def test_infer_series_follow_the_served_model_version() -> None:
 
 def test_monitor_snapshot_becomes_counters_and_gauges() -> None:
     metrics = MonitorMetrics()
-    metrics.snapshot.snapshot = Snapshot(
+    metrics.snapshot.snapshot = MetricsSnapshot(
         counters={"joined": 40, "orphan_labels": 2, "pending_predictions": 9},
         accuracy={("m", "3"): 0.75},
         version_joined={("m", "3"): 40},

@@ -41,7 +41,7 @@ from workers.core.events import (
     redacted_message,
 )
 from workers.core.inference import ServingModel, score_batch
-from workers.kafka_io.admin import create_missing_topics, list_topics
+from workers.kafka_io.admin import create_topics, list_topics
 from workers.kafka_io.clients import (
     ErrorReporter,
     LastError,
@@ -51,7 +51,7 @@ from workers.kafka_io.clients import (
     redact,
     retry_until_ready,
 )
-from workers.metrics import REFRESH_INTERVAL_S, InferMetrics, MetricsServer, Snapshot
+from workers.metrics import REFRESH_INTERVAL_S, InferMetrics, MetricsServer, MetricsSnapshot
 from workers.model_store import LoadedModel, ModelError, ModelWatcher
 from workers.process_tuning import tune_process
 
@@ -626,12 +626,9 @@ class InferenceWorker:
             (s.dlq_topic, {"max.message.bytes": "2097152"}),
         ):
             if topic not in existing.topics:
-                created += create_missing_topics(
-                    s.bootstrap_servers,
-                    {topic: partitions},
-                    config=config,
-                    client_config=self._admin_config,
-                )
+                create_topics(s.bootstrap_servers, {topic: partitions}, config=config,
+                              client_config=self._admin_config)  # fmt: skip
+                created.append(topic)
         if created:
             log.info("topics_created", topics=sorted(created))
 
@@ -837,7 +834,7 @@ class InferenceWorker:
         lags = partition_lags(self.consumer)
         if lags is None:
             return None
-        self.metrics.snapshot.snapshot = Snapshot(lag=lags)
+        self.metrics.snapshot.snapshot = MetricsSnapshot(lag=lags)
         return sum(lags.values())
 
     def _log_summary(self) -> None:

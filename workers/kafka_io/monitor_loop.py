@@ -28,7 +28,7 @@ from workers.kafka_io.clients import (
     redact,
     retry_until_ready,
 )
-from workers.metrics import REFRESH_INTERVAL_S, MetricsServer, MonitorMetrics, Snapshot
+from workers.metrics import REFRESH_INTERVAL_S, MetricsServer, MetricsSnapshot, MonitorMetrics
 from workers.model_store import Manifest
 from workers.process_tuning import tune_process
 
@@ -454,7 +454,7 @@ class MonitorWorker:
             joined[(model, version)] = values["joined"]
             if values["window_accuracy"] is not None:
                 accuracy[(model, version)] = values["window_accuracy"]
-        self.metrics.snapshot.snapshot = Snapshot(
+        self.metrics.snapshot.snapshot = MetricsSnapshot(
             lag=self.metrics.snapshot.snapshot.lag if lags is None else lags,
             counters=self.state.counters(),
             accuracy=accuracy,
