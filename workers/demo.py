@@ -154,8 +154,6 @@ def run_demo(
     )  # fmt: skip
     tails = [LogTail(infer_log), LogTail(monitor_log)]
     drift_at = events // 2
-    start_ms = time.time_ns() // 1_000_000
-    drift_at_ms = start_ms + int(drift_at * 1000 / rate)
     counts = ProduceCounts()
     try:
         _wait_assigned(tails, [infer, monitor])
@@ -169,6 +167,14 @@ def run_demo(
             prefix=f"demo-{run}", seed=int(run, 16) % 2**32, drift_at=drift_at,
             label_delay_ms=(500, 3000),
         )  # fmt: skip
+        # First, and acknowledged: on a fresh broker this also waits out the transaction
+        # coordinator's loading, which the stream's producer would otherwise log.
+        produce_all(bootstrap_servers, topics["features"],
+                    [(f"bad-{i}".encode(), v) for i, v in enumerate(BAD_EVENTS)])  # fmt: skip
+        # Event time starts now, as the stream does: labels then follow their events by the
+        # delays the story tells.
+        start_ms = time.time_ns() // 1_000_000
+        drift_at_ms = start_ms + int(drift_at * 1000 / rate)
         settings = ProduceSettings(
             bootstrap_servers=bootstrap_servers, features_topic=topics["features"],
             labels_topic=topics["labels"], events=events, rate=rate, spec=spec,
@@ -178,8 +184,6 @@ def run_demo(
         producer = threading.Thread(target=run_produce, args=(settings, stop, counts),
                                     name="demo-produce", daemon=True)  # fmt: skip
         producer.start()
-        produce_all(bootstrap_servers, topics["features"],
-                    [(f"bad-{i}".encode(), v) for i, v in enumerate(BAD_EVENTS)])  # fmt: skip
         progress = _follow(tails, counts, events, producer, deadline_s=events / rate + 120)
         stop.set()
     finally:
