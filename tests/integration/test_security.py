@@ -9,7 +9,6 @@ import os
 import stat
 import subprocess
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import IN_CI, free_base_port
-from tests.integration.workers import WorkerProcess
+from tests.integration.workers import WorkerProcess, metrics_text
 from workers.kafka_io.admin import create_topics, live_broker_ids
 from workers.kafka_io.roundtrip import produce_all, read_to_end
 from workers.local_kafka import cluster
@@ -127,7 +126,7 @@ def test_infer_and_monitor_run_over_sasl_ssl_and_no_secret_leaks(
             time.sleep(0.5)
         predictions = read_to_end(bootstrap, t["out"], config)
         dead = read_to_end(bootstrap, t["dlq"], config)
-        metrics = [_metrics_text(port) for port in (ports, ports + 1)]
+        metrics = [metrics_text(port) for port in (ports, ports + 1)]
     finally:
         codes = [w.stop()[0] for w in (infer, monitor)]
     assert codes == [0, 0]
@@ -143,12 +142,6 @@ def test_infer_and_monitor_run_over_sasl_ssl_and_no_secret_leaks(
         for secret in secrets:
             assert secret not in text  # ... but never its value, nor any other secret
         assert "jane-doe" not in text
-
-
-def _metrics_text(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text: str = response.read().decode()
-    return text
 
 
 @pytest.mark.parametrize(

@@ -115,10 +115,16 @@ def set_topic_config(bootstrap: str, topic: str, key: str, value: str) -> None:
         future.result(timeout=30)
 
 
+def metrics_text(port: int) -> str:
+    """One /metrics scrape, as served."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text: str = response.read().decode()
+    return text
+
+
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """One /metrics scrape as {(sample name, sorted labels): value}."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
+    text = metrics_text(port)
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)

@@ -446,27 +446,31 @@ class MonitorWorker:
             except KafkaException as exc:
                 log.warning("commit_failed", reason=str(exc))
 
-    def _refresh_metrics(self) -> None:
+    def _refresh_metrics(self) -> tuple[dict[str, int], dict[str, dict[str, Any]]]:
+        """Swap in a new metrics snapshot; return the counters and per-version metrics it was
+        made from (the summary line logs the same)."""
         lags = partition_lags(self.consumer)
+        counters, versions = self.state.counters(), self.state.metrics()
         accuracy, joined = {}, {}
-        for key, values in self.state.metrics().items():
+        for key, values in versions.items():
             model, version = key.rsplit("/v", 1)
             joined[(model, version)] = values["joined"]
             if values["window_accuracy"] is not None:
                 accuracy[(model, version)] = values["window_accuracy"]
         self.metrics.snapshot.snapshot = MetricsSnapshot(
             lag=self.metrics.snapshot.snapshot.lag if lags is None else lags,
-            counters=self.state.counters(),
+            counters=counters,
             accuracy=accuracy,
             version_joined=joined,
         )
+        return counters, versions
 
     def _log_summary(self) -> None:
-        self._refresh_metrics()
-        counters = self.last_counters = self.state.counters()
+        counters, versions = self._refresh_metrics()
+        self.last_counters = counters
         log.info(
             "monitor_summary",
             **counters,
-            versions=self.state.metrics(),
+            versions=versions,
             alerts=dict(self.state.alerts_raised),
         )
