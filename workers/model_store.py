@@ -358,7 +358,7 @@ class ModelWatcher:
                 model=loaded.manifest.name,
                 version=version,
                 sha256=loaded.manifest.sha256,
-                compiled_trees=getattr(loaded.scorer, "accelerated", False),
+                compiled_scoring=getattr(loaded.scorer, "accelerated", False),
             )
             return
 

@@ -10,8 +10,8 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from workers.core import linear_model, tree_ensemble
 from workers.core.events import json_value
-from workers.core.tree_ensemble import compile_predict_proba
 
 Matrix = npt.NDArray[np.float64]
 Label = str | int | bool
@@ -52,8 +52,12 @@ class SklearnClassifierScorer:
         self.classes: list[Label] = [json_value(c) for c in model.classes_]
         self.class_keys = [str(c) for c in self.classes]
         self._probabilities = probabilities_type(self.class_keys)
-        compiled = compile_predict_proba(model, len(self.features))
-        # True when the trees are walked by workers._trees (same numbers, a third of the time).
+        width = len(self.features)
+        compiled = tree_ensemble.compile_predict_proba(
+            model, width
+        ) or linear_model.compile_predict_proba(model, width)
+        # True when the model is scored without scikit-learn's per-call checks (same numbers):
+        # trees walked by workers._trees, or a linear model's arithmetic alone.
         self.accelerated = compiled is not None
         self._predict_proba = compiled or model.predict_proba
 

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from workers.core.linear_model import Unsupported, compile_transform
+
 Matrix = npt.NDArray[np.float64]
 PredictProba = Callable[[Matrix], Matrix]
 
@@ -135,8 +137,10 @@ def compile_predict_proba(model: Any, n_features: int) -> PredictProba | None:  
             raw[:, k] = ensemble.sum_leaves(x)
         return raw
 
+    transform = _prefix_transform(prefix)
+
     def predict_proba(matrix: Matrix) -> Matrix:
-        features = matrix if prefix is None else prefix.transform(matrix)
+        features = matrix if transform is None else transform(matrix)
         proba: Matrix = loss.predict_proba(raw_predict(features))
         return proba
 
@@ -148,6 +152,18 @@ def compile_predict_proba(model: Any, n_features: int) -> PredictProba | None:  
     except (AttributeError, TypeError, ValueError):
         return None
     return predict_proba if same else None
+
+
+def _prefix_transform(prefix: Any) -> Callable[[Matrix], Matrix] | None:  # noqa: ANN401
+    """The steps before the trees: compiled when they are scalers, else their own transform
+    (the comparison with the whole pipeline below covers both)."""
+    if prefix is None:
+        return None
+    try:
+        return compile_transform([step for _, step in prefix.steps])
+    except Unsupported:
+        transform: Callable[[Matrix], Matrix] = prefix.transform
+        return transform
 
 
 def _same_as_sklearn(

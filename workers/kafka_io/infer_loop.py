@@ -653,7 +653,7 @@ class InferenceWorker:
             model=self.model.name,
             model_version=self.model.version,
             model_sha256=self.model_sha256,
-            compiled_trees=getattr(self.model.scorer, "accelerated", False),
+            compiled_scoring=getattr(self.model.scorer, "accelerated", False),
             processing_guarantee="exactly-once" if s.exactly_once else "at-least-once",
             transactional_id=self.transactional_id,
             instance_id=s.instance_id,
