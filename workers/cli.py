@@ -501,7 +501,8 @@ def _add_infer_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noq
         environ=environ,
         type=_positive_int,
         default=20,
-        help="longest wait to fill a micro-batch",
+        help="longest wait for events when none has arrived; a micro-batch takes every event "
+        "already fetched, up to --batch-size, without waiting to fill",
     )
     add_option(
         infer,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -10,6 +11,7 @@ from confluent_kafka import Consumer, KafkaError, Producer
 
 from tests.conftest import KafkaUnderTest, TopicFactory
 from workers.kafka_io.admin import cluster_id
+from workers.kafka_io.clients import next_batch
 from workers.local_kafka.cluster import read_pid
 
 MESSAGES = 10_000
@@ -102,3 +104,40 @@ def test_keyed_messages_round_trip_in_order(kafka: KafkaUnderTest, new_topic: To
         assert sequence == sorted(sequence)  # produce order kept within the partition
         for _, _, key in rows:
             assert key_partition.setdefault(key, partition) == partition
+
+
+def test_next_batch_takes_what_has_arrived_without_waiting_to_fill(
+    kafka: KafkaUnderTest, new_topic: TopicFactory
+) -> None:
+    topic = new_topic(partitions=1)
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+    for seq in range(30):
+        producer.produce(topic, str(seq).encode())
+    assert producer.flush(30) == 0
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka.bootstrap_servers,
+            "group.id": uuid.uuid4().hex,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([topic])
+    try:
+        got: list[bytes] = []
+        deadline = time.monotonic() + 30
+        while len(got) < 30 and time.monotonic() < deadline:
+            started = time.monotonic()
+            batch = next_batch(consumer, 1000, 20.0)
+            # consume(1000, 20) would sit out the 20 s waiting for 970 more events.
+            assert time.monotonic() - started < 10
+            assert all(m.error() is None for m in batch)
+            got += [m.value() or b"" for m in batch]
+        assert got == [str(seq).encode() for seq in range(30)]
+        started = time.monotonic()
+        assert next_batch(consumer, 1000, 0.5) == []  # nothing left: waits the timeout
+        assert time.monotonic() - started >= 0.45
+        producer.produce(topic, b"late")
+        producer.flush(30)
+        assert [m.value() for m in next_batch(consumer, 1000, 20.0)] == [b"late"]
+    finally:
+        consumer.close()

@@ -10,7 +10,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
 log = structlog.get_logger("scorestream.kafka")
 
@@ -212,3 +212,21 @@ def partition_lags(consumer: Consumer) -> dict[tuple[str, int], int] | None:
     except KafkaException:
         return None
     return lags
+
+
+def next_batch(consumer: Consumer, max_messages: int, timeout_s: float) -> list[Message]:
+    """Every message already fetched, up to `max_messages`; when there is none, wait up to
+    `timeout_s` for the first (and take what arrived with it).
+
+    librdkafka's consume() waits until the batch is full or the timeout passes: at moderate
+    rates that adds the whole fill time to every event's latency. Taken this way, batches stay
+    small while the worker keeps up and grow by themselves when it falls behind (events pile
+    up while a batch is scored), which is when their lower cost per event is needed.
+    """
+    msgs: list[Message] = consumer.consume(num_messages=max_messages, timeout=0)
+    if msgs or timeout_s <= 0:
+        return msgs
+    msgs = consumer.consume(num_messages=1, timeout=timeout_s)
+    if msgs and max_messages > 1:
+        msgs += consumer.consume(num_messages=max_messages - 1, timeout=0)
+    return msgs

@@ -47,6 +47,7 @@ from workers.kafka_io.clients import (
     LastError,
     make_consumer,
     make_producer,
+    next_batch,
     partition_lags,
     redact,
     retry_until_ready,
@@ -690,7 +691,7 @@ class InferenceWorker:
                 continue
             if self._paused:
                 self._resume_due()
-            msgs = self.consumer.consume(num_messages=s.batch_size, timeout=timeout_s)
+            msgs = next_batch(self.consumer, s.batch_size, timeout_s)
             if msgs:
                 try:
                     self._process(msgs)
