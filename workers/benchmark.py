@@ -13,7 +13,9 @@ Everything runs against a real broker, in the same run, with the same client set
 Each workload runs in its own process (so CPU seconds and peak RSS are its own) and is timed
 from its first record to its last. Latency: events produced at 50% of (c)'s measured maximum
 rate, from the producer's timestamp to the output's broker (LogAppendTime) timestamp, for (c)
-and (a) at the same rate. Memory: bytes per pending prediction in the monitor's join at 1M.
+and (a) at the same rate, each for --latency-seconds, alternating over --repeat rounds. Both
+consume as the inference worker does: every message already fetched, without waiting to fill a
+batch. Memory: bytes per pending prediction in the monitor's join at 1M.
 
     scorestream bench [--events 200000] [--partitions 4] [--out FILE] [--quick] [--only c,latency]
 
@@ -29,6 +31,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -128,6 +131,8 @@ def watch(counter: Callable[[], int], n: int, clock: Clock, stop: threading.Even
 def run_passthrough(cfg: dict[str, Any]) -> dict[str, Any]:
     from confluent_kafka import Consumer, Producer  # noqa: PLC0415
 
+    from workers.kafka_io.clients import next_batch  # noqa: PLC0415
+
     base = client_settings(cfg["bootstrap"])
     consumer = Consumer({**consumer_settings(cfg["bootstrap"]),
                          "group.id": f"pass-{uuid.uuid4().hex}",
@@ -140,7 +145,7 @@ def run_passthrough(cfg: dict[str, Any]) -> dict[str, Any]:
     clock, seen, n, out = Clock(), 0, cfg["events"], cfg["output"]
     deadline = time.monotonic() + cfg.get("max_seconds", 300)
     while seen < n and time.monotonic() < deadline:
-        msgs = consumer.consume(num_messages=1000, timeout=0.02)
+        msgs = next_batch(consumer, 1000, 0.02)  # batched as the workers batch
         if not msgs:
             continue
         clock.start()
@@ -234,6 +239,11 @@ def run_infer(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_monitor(cfg: dict[str, Any]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="scorestream-bench-monitor-") as state_dir:
+        return _run_monitor(cfg, Path(state_dir))
+
+
+def _run_monitor(cfg: dict[str, Any], state_dir: Path) -> dict[str, Any]:
     from workers.core.monitor import MonitorConfig  # noqa: PLC0415
     from workers.kafka_io.monitor_loop import MonitorSettings, MonitorWorker  # noqa: PLC0415
 
@@ -241,7 +251,7 @@ def run_monitor(cfg: dict[str, Any]) -> dict[str, Any]:
         bootstrap_servers=cfg["bootstrap"], predictions_topic=cfg["predictions"],
         labels_topic=cfg["labels"], alerts_topic=cfg["alerts"],
         group_id=f"monitor-{uuid.uuid4().hex}", kafka_config={},
-        state_dir=Path(tempfile.mkdtemp()), config=MonitorConfig(), log_interval_s=3600,
+        state_dir=state_dir, config=MonitorConfig(), log_interval_s=3600,
         checkpoint_interval_s=5,
     )  # fmt: skip
     worker = MonitorWorker(settings)
@@ -259,11 +269,14 @@ def run_monitor(cfg: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def run_latency(cfg: dict[str, Any]) -> dict[str, Any]:  # noqa: C901
-    """Produce at a fixed rate while a worker (infer or passthrough) runs; measure latency."""
-    from confluent_kafka import Consumer, Producer  # noqa: PLC0415
+FIRST_LATENCY_EVENT = 10_000_000  # event ids of the latency runs start here
 
-    events = make_events(cfg["events"], seed=9, start=10_000_000)
+
+def run_latency(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Produce at a fixed rate while a worker (infer or passthrough) runs; measure latency."""
+    from confluent_kafka import Producer  # noqa: PLC0415
+
+    events = make_events(cfg["events"], seed=9, start=FIRST_LATENCY_EVENT)
     # linger.ms as the workers' producers: at 1 ms an idempotent producer's five in-flight
     # requests per partition carry too little each and the stream queues up at ~90k/s.
     producer = Producer({**client_settings(cfg["bootstrap"]), "enable.idempotence": True,
@@ -283,49 +296,107 @@ def run_latency(cfg: dict[str, Any]) -> dict[str, Any]:  # noqa: C901
     for line in worker.stdout:  # the worker has joined its group: the stream may start
         if line.startswith("READY"):
             break
-    sent_at: dict[bytes, int] = {}
-    rate, start, i = cfg["rate"], time.perf_counter(), 0
-    # Paced in 1 ms steps: each step produces what is due by then and sleeps. Spinning on the
-    # clock per event would burn a core the broker and the worker under test need.
-    while i < len(events):
-        due = min(len(events), int((time.perf_counter() - start) * rate) + 1)
-        now_ms = time.time_ns() // 1_000_000
-        for key, value in events[i:due]:
-            sent_at[key] = now_ms
-            while True:
-                try:
-                    producer.produce(cfg["input"], value, key, timestamp=now_ms)
-                    break
-                except BufferError:
-                    producer.poll(0.001)
-        i = due
-        producer.poll(0)
-        time.sleep(0.001)
-    producer.flush(30)
-    worker.communicate(timeout=180)
+    sent_ms = send_paced(producer, cfg["input"], events, cfg["rate"])
+    worker_out, _ = worker.communicate(timeout=180)
     if worker.returncode != 0:
         raise RuntimeError(f"latency worker {cfg['worker']} exited {worker.returncode}")
-    consumer = Consumer({**client_settings(cfg["bootstrap"]), "group.id": uuid.uuid4().hex,
-                         "auto.offset.reset": "earliest"})  # fmt: skip
-    consumer.subscribe([cfg["output"]])
+    worker_result = json.loads(
+        next(x for x in worker_out.splitlines() if x.startswith("RESULT "))[len("RESULT ") :]
+    )
     # The first fifth warms up (group join, first fetch, JIT in the broker): not measured.
-    measured = {key for key, _ in events[len(events) // 5 :]}
-    latencies: list[int] = []
-    deadline = time.monotonic() + 60
-    while len(latencies) < len(measured) and time.monotonic() < deadline:
-        for m in consumer.consume(1000, timeout=0.5):
-            out_key = m.key()
-            if m.error() is None and out_key is not None and out_key in measured:
-                latencies.append(m.timestamp()[1] - sent_at[out_key])
-    consumer.close()
-    lat = np.array(latencies)
+    first = len(events) // 5
+    sent, latency = output_latencies(cfg["bootstrap"], cfg["output"], sent_ms, first)
     return {
-        "rate": rate,
-        "events": len(latencies),
-        "p50_ms": float(np.percentile(lat, 50)),
-        "p99_ms": float(np.percentile(lat, 99)),
-        "p999_ms": float(np.percentile(lat, 99.9)),
+        "rate": cfg["rate"],
+        "events": len(latency),
+        "p50_ms": float(np.percentile(latency, 50)),
+        "p99_ms": float(np.percentile(latency, 99)),
+        "p999_ms": float(np.percentile(latency, 99.9)),
+        # Which second a high percentile came from: one stall, or every second alike.
+        "worst_ms_by_second": worst_by_second(sent, latency),
+        "worker_cpu_s_per_million": worker_result["cpu_s_per_million"],
+        # The longest the generator went without sending: above a few ms it fell behind its
+        # schedule itself, and that stall is in the latencies too.
+        "send_gap_max_ms": int(np.diff(sent_ms).max(initial=0)),
     }
+
+
+def send_paced(
+    producer: Any,  # noqa: ANN401 - confluent_kafka.Producer
+    topic: str,
+    events: list[tuple[bytes, bytes]],
+    rate: int,
+) -> np.ndarray:
+    """Produce `events` at `rate` per second; return when each was handed to the producer."""
+    sent_ms = np.zeros(len(events), dtype=np.int64)
+    # Nothing allocated per event here, and no cycle collection: a collection walking the
+    # million event objects, or a dict of send times resizing, pauses this process for a
+    # tenth of a second, and the events sent meanwhile would be late through no fault of the
+    # worker under test.
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    start, i = time.perf_counter(), 0
+    produce = producer.produce
+    # Paced in 1 ms steps: each step produces what is due by then and sleeps. Spinning on the
+    # clock per event would burn a core the broker and the worker under test need.
+    try:
+        while i < len(events):
+            due = min(len(events), int((time.perf_counter() - start) * rate) + 1)
+            now_ms = time.time_ns() // 1_000_000
+            sent_ms[i:due] = now_ms
+            for key, value in events[i:due]:
+                while True:
+                    try:
+                        produce(topic, value, key, timestamp=now_ms)
+                        break
+                    except BufferError:
+                        producer.poll(0.001)
+            i = due
+            producer.poll(0)
+            time.sleep(0.001)
+        producer.flush(30)
+    finally:
+        gc.enable()
+        gc.unfreeze()
+    return sent_ms
+
+
+def output_latencies(
+    bootstrap: str, topic: str, sent_ms: np.ndarray, first: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Send time and latency (output's broker timestamp minus send time) of events from
+    index `first` on, read from the output topic."""
+    from confluent_kafka import Consumer  # noqa: PLC0415
+
+    consumer = Consumer({**client_settings(bootstrap), "group.id": uuid.uuid4().hex,
+                         "auto.offset.reset": "earliest"})  # fmt: skip
+    consumer.subscribe([topic])
+    wanted = len(sent_ms) - first
+    indices: list[int] = []
+    stamps: list[int] = []
+    deadline = time.monotonic() + 60
+    while len(indices) < wanted and time.monotonic() < deadline:
+        for m in consumer.consume(1000, timeout=0.5):
+            key = m.key()
+            if m.error() is not None or key is None:
+                continue
+            index = int(key[4:]) - FIRST_LATENCY_EVENT  # "evt-000000042"
+            if index >= first:
+                indices.append(index)
+                stamps.append(m.timestamp()[1])
+    consumer.close()
+    if len(indices) < wanted:
+        raise RuntimeError(f"{topic}: {len(indices)} of {wanted} outputs within 60 s")
+    sent = sent_ms[indices]
+    return sent, np.asarray(stamps, dtype=np.int64) - sent
+
+
+def worst_by_second(sent: np.ndarray, latency: np.ndarray) -> list[int]:
+    second = (sent - sent.min()) // 1000
+    worst = np.full(int(second.max()) + 1, -1, dtype=np.int64)
+    np.maximum.at(worst, second, latency)
+    return [int(x) for x in worst]
 
 
 def run_memory(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -430,6 +501,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="events/s for the latency runs (default: half of (c)'s measured maximum)",
     )
+    parser.add_argument(
+        "--latency-seconds",
+        type=float,
+        default=10.0,
+        help="how long each latency run streams; the first fifth is not measured (10)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run for CI")
     parser.add_argument(
         "--out",
@@ -468,6 +545,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.quick:
         args.events, args.naive_events, args.pending, args.repeat = 5000, 300, 20_000, 1
+        args.latency_seconds = 1.0
     only = {k.strip() for k in args.only.split(",") if k.strip()}
     if unknown := only - set(WORKLOAD_KEYS):
         print(f"--only: unknown {sorted(unknown)}; choose from {','.join(WORKLOAD_KEYS)}")
@@ -487,6 +565,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if layout is not None:
             cluster.stop(layout)
+        # The broker's data, the models: gigabytes after a full run.
+        shutil.rmtree(scratch, ignore_errors=True)
     ok = report(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
@@ -508,8 +588,20 @@ class Bench:
         self.run_id = uuid.uuid4().hex[:6]
         self.models = prepare_models(scratch / "models")
         self.common: dict[str, Any] = {"bootstrap": bootstrap, "events": args.events}
+        # Topics of the run in progress, deleted when it ends: a full bench writes tens of
+        # gigabytes (a latency run alone streams a million events in and out).
+        self.scratch_topics: list[str] = []
 
     def topic(self, name: str, *, dlq: bool = True, config: dict[str, str] | None = None) -> str:
+        """A topic for one run, deleted by `drop_topics` after it."""
+        topic = self.shared_topic(name, dlq=dlq, config=config)
+        self.scratch_topics += [topic, topic + ".dlq"] if dlq else [topic]
+        return topic
+
+    def shared_topic(
+        self, name: str, *, dlq: bool = False, config: dict[str, str] | None = None
+    ) -> str:
+        """A topic kept for the whole bench (the preloaded inputs)."""
         from workers.kafka_io.admin import create_topics  # noqa: PLC0415
 
         topic = f"bench-{self.run_id}.{name}"
@@ -517,12 +609,29 @@ class Bench:
         create_topics(self.bootstrap, wanted, config=config)
         return topic
 
+    def drop_topics(self) -> None:
+        from workers.kafka_io.admin import admin_client  # noqa: PLC0415
+
+        if not self.scratch_topics:
+            return
+        client = admin_client(self.bootstrap)  # alive until the futures are done
+        for future in client.delete_topics(self.scratch_topics).values():
+            future.result(timeout=60)
+        self.scratch_topics = []
+
+    def run_once(self, workload: str, cfg: dict[str, Any]) -> dict[str, Any]:
+        """One workload in its own process; its topics are deleted afterwards."""
+        try:
+            return in_subprocess(workload, cfg)
+        finally:
+            self.drop_topics()
+
     def run(self, only: set[str]) -> None:
         from workers.kafka_io.roundtrip import produce_all  # noqa: PLC0415
 
         w = self.results["workloads"]
         if only & {"a", "b", "c", "d", "latency"}:
-            source = self.topic("features", dlq=False)
+            source = self.shared_topic("features")
             events = make_events(self.args.events, seed=1)
             self.results["event_bytes"] = round(sum(len(v) for _, v in events) / len(events), 1)
             produce_all(self.bootstrap, source, events)
@@ -530,10 +639,10 @@ class Bench:
             self.common["input"] = source
             # A broker just started runs its JIT cold: warm it with one unmeasured pass of each
             # kind, or whichever workload runs first is slowed by the broker, not by itself.
-            in_subprocess("passthrough", {**self.common, "output": self.topic("warm-pass")})
-            in_subprocess("infer", self.infer_cfg("lr", "warm-infer"))
+            self.run_once("passthrough", {**self.common, "output": self.topic("warm-pass")})
+            self.run_once("infer", self.infer_cfg("lr", "warm-infer"))
         if "b" in only:
-            w["b naive"] = in_subprocess("naive", {
+            w["b naive"] = self.run_once("naive", {
                 **self.common, "events": self.args.naive_events, "output": self.topic("naive"),
                 "model_file": str(self.models["lr"] / "model.joblib")})  # fmt: skip
             print("b", w["b naive"])
@@ -549,8 +658,8 @@ class Bench:
             rounds.append(("f infer-lr exactly-once", "infer", lambda i: {
                 **self.infer_cfg("lr", f"eos{i}"), "exactly_once": True}))  # fmt: skip
         if "e" in only:
-            joined = {"predictions": self.topic("predictions", dlq=False),
-                      "labels": self.topic("labels", dlq=False)}  # fmt: skip
+            joined = {"predictions": self.shared_topic("predictions"),
+                      "labels": self.shared_topic("labels")}  # fmt: skip
             preload_joined(self.bootstrap, joined, self.args.events)
             rounds.append(("e monitor", "monitor", lambda i: {
                 **self.common, **joined,
@@ -574,7 +683,7 @@ class Bench:
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in workloads}
         for i in range(self.args.repeat):
             for name, workload, make_cfg in workloads:
-                runs[name].append(in_subprocess(workload, make_cfg(i)))
+                runs[name].append(self.run_once(workload, make_cfg(i)))
             done = ", ".join(f"{n} {r[-1]['events_per_s']:.0f}/s" for n, r in runs.items())
             print(f"round {i + 1}/{self.args.repeat}: {done}")
         w = self.results["workloads"]
@@ -596,21 +705,40 @@ class Bench:
                 "model_dir": str(self.models[model].parent)}  # fmt: skip
 
     def latency(self, rate: int) -> None:
+        """(c) and (a) at `rate`, alternating over `--repeat` rounds; the median run is kept.
+
+        One stall of the shared machine (a hundred milliseconds now and then) lifts a run's p99
+        by itself; across rounds, the median shows the workers, not the stall.
+        """
+        runs: dict[str, list[dict[str, Any]]] = {"c infer-lr": [], "a passthrough": []}
+        workers = {"c infer-lr": ("infer", {"model_dir": str(self.models["lr"].parent)}),
+                   "a passthrough": ("passthrough", {})}  # fmt: skip
+        events = max(1000, int(rate * self.args.latency_seconds))
+        for i in range(self.args.repeat):
+            # Each goes first in every other round: a drift of the machine hits both alike.
+            names = list(runs) if i % 2 == 0 else list(reversed(runs))
+            for name in names:
+                worker, extra = workers[name]
+                topic_in = self.topic(f"lat{i}-{worker}.in", dlq=False)
+                broker_time = {"message.timestamp.type": "LogAppendTime"}
+                topic_out = self.topic(f"lat{i}-{worker}.out", config=broker_time)
+                runs[name].append(self.run_once("latency", {
+                    "bootstrap": self.bootstrap, "input": topic_in, "output": topic_out,
+                    "warmup": self.topic(f"lat{i}-{worker}.warmup", dlq=False),
+                    "rate": rate, "events": events, "worker": worker,
+                    "worker_cfg": {"bootstrap": self.bootstrap, "input": topic_in,
+                                   "output": topic_out, **extra}}))  # fmt: skip
+            done = ", ".join(f"{n} p99 {r[-1]['p99_ms']:.0f} ms" for n, r in runs.items())
+            print(f"latency round {i + 1}/{self.args.repeat} at {rate}/s: {done}")
         latency = self.results.setdefault("latency", {})
-        for name, worker, extra in (
-            ("c infer-lr", "infer", {"model_dir": str(self.models["lr"].parent)}),
-            ("a passthrough", "passthrough", {}),
-        ):
-            topic_in = self.topic(f"lat-{worker}.in", dlq=False)
-            topic_out = self.topic(f"lat-{worker}.out",
-                                   config={"message.timestamp.type": "LogAppendTime"})  # fmt: skip
-            latency[name] = in_subprocess("latency", {
-                "bootstrap": self.bootstrap, "input": topic_in, "output": topic_out,
-                "warmup": self.topic(f"lat-{worker}.warmup", dlq=False),
-                "rate": rate, "events": min(rate * 10, self.args.events), "worker": worker,
-                "worker_cfg": {"bootstrap": self.bootstrap, "input": topic_in,
-                               "output": topic_out, **extra}})  # fmt: skip
-            print("latency", name, latency[name])
+        for name, results in runs.items():
+            latency[name] = {
+                "rate": rate,
+                "seconds": self.args.latency_seconds,
+                **{q: float(np.median([r[q] for r in results]))
+                   for q in ("p50_ms", "p99_ms", "p999_ms")},
+                "runs": results,
+            }  # fmt: skip
 
 
 def targets(results: dict[str, Any]) -> dict[str, bool]:
@@ -652,8 +780,10 @@ def report(results: dict[str, Any]) -> bool:
               f"{r['cpu_s_per_million']:>8.1f} {r['peak_rss_mb']:>7.0f}")  # fmt: skip
     lat = results.get("latency", {})
     for name, r in lat.items():
+        p99s = ", ".join(f"{run['p99_ms']:.0f}" for run in r["runs"])
         print(f"latency {name:14} at {r['rate']}/s: p50 {r['p50_ms']:.1f} ms, "
-              f"p99 {r['p99_ms']:.1f} ms, p999 {r['p999_ms']:.1f} ms")  # fmt: skip
+              f"p99 {r['p99_ms']:.1f} ms, p999 {r['p999_ms']:.1f} ms "
+              f"(medians of {len(r['runs'])} runs of {r['seconds']:g} s; p99s {p99s})")  # fmt: skip
     mem = results.get("memory")
     if mem:
         print(f"monitor: {mem['bytes_per_pending']:.0f} bytes per pending prediction at "
