@@ -300,9 +300,9 @@ def run_latency(cfg: dict[str, Any]) -> dict[str, Any]:
     worker_out, _ = worker.communicate(timeout=180)
     if worker.returncode != 0:
         raise RuntimeError(f"latency worker {cfg['worker']} exited {worker.returncode}")
-    worker_result = json.loads(
-        next(x for x in worker_out.splitlines() if x.startswith("RESULT "))[len("RESULT ") :]
-    )
+    worker_result = result_line(worker_out)
+    if worker_result is None:
+        raise RuntimeError(f"latency worker {cfg['worker']} printed no result")
     # The first fifth warms up (group join, first fetch, JIT in the broker): not measured.
     first = len(events) // 5
     sent, latency = output_latencies(cfg["bootstrap"], cfg["output"], sent_ms, first)
@@ -367,27 +367,20 @@ def output_latencies(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Send time and latency (output's broker timestamp minus send time) of events from
     index `first` on, read from the output topic."""
-    from confluent_kafka import Consumer  # noqa: PLC0415
+    from workers.kafka_io.roundtrip import read_to_end  # noqa: PLC0415
 
-    consumer = Consumer({**client_settings(bootstrap), "group.id": uuid.uuid4().hex,
-                         "auto.offset.reset": "earliest"})  # fmt: skip
-    consumer.subscribe([topic])
-    wanted = len(sent_ms) - first
     indices: list[int] = []
     stamps: list[int] = []
-    deadline = time.monotonic() + 60
-    while len(indices) < wanted and time.monotonic() < deadline:
-        for m in consumer.consume(1000, timeout=0.5):
-            key = m.key()
-            if m.error() is not None or key is None:
-                continue
-            index = int(key[4:]) - FIRST_LATENCY_EVENT  # "evt-000000042"
-            if index >= first:
-                indices.append(index)
-                stamps.append(m.timestamp()[1])
-    consumer.close()
+    for record in read_to_end(bootstrap, topic):
+        if record.key is None:
+            continue
+        index = int(record.key[4:]) - FIRST_LATENCY_EVENT  # "evt-000000042"
+        if index >= first:
+            indices.append(index)
+            stamps.append(record.timestamp_ms)
+    wanted = len(sent_ms) - first
     if len(indices) < wanted:
-        raise RuntimeError(f"{topic}: {len(indices)} of {wanted} outputs within 60 s")
+        raise RuntimeError(f"{topic}: {len(indices)} of {wanted} outputs")
     sent = sent_ms[indices]
     return sent, np.asarray(stamps, dtype=np.int64) - sent
 
@@ -438,11 +431,16 @@ def in_subprocess(workload: str, cfg: dict[str, Any]) -> dict[str, Any]:
          json.dumps(cfg)],
         capture_output=True, text=True, check=False, timeout=900,
     )  # fmt: skip
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
+    result = result_line(proc.stdout)
+    if proc.returncode != 0 or result is None:
         raise RuntimeError(f"{workload} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
     return result
+
+
+def result_line(stdout: str) -> dict[str, Any] | None:
+    """The last `RESULT {json}` line a workload process printed (`main` prints it)."""
+    lines = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
+    return json.loads(lines[-1][len("RESULT ") :]) if lines else None
 
 
 # -- the orchestration ----------------------------------------------------------------------

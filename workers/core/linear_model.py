@@ -68,7 +68,7 @@ def compile_predict_proba(model: Any, n_features: int) -> PredictProba | None:  
     try:
         classifier, transform = _classifier_and_transform(model)
         predict_proba = _logistic(classifier, transform, model.predict_proba)
-        if _same_as_sklearn(model, predict_proba, n_features):
+        if same_on_probes(model, predict_proba, n_features):
             return predict_proba
     except (Unsupported, AttributeError, TypeError, ValueError):
         pass
@@ -119,7 +119,9 @@ def _logistic(
     return predict_proba
 
 
-def _same_as_sklearn(model: Any, predict_proba: PredictProba, n_features: int) -> bool:  # noqa: ANN401
+def same_on_probes(model: Any, predict_proba: PredictProba, n_features: int) -> bool:  # noqa: ANN401
+    """Whether `predict_proba` gives `model.predict_proba`'s numbers exactly on random rows, in
+    batches of each of PROBE_ROWS."""
     rng = np.random.default_rng(0)
     for rows in PROBE_ROWS:
         probe = rng.normal(0, 3, (rows, n_features))

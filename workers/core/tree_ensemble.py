@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from workers.core.linear_model import Unsupported, compile_transform
+from workers.core.linear_model import Unsupported, compile_transform, same_on_probes
 
 Matrix = npt.NDArray[np.float64]
 PredictProba = Callable[[Matrix], Matrix]
@@ -146,9 +146,8 @@ def compile_predict_proba(model: Any, n_features: int) -> PredictProba | None:  
 
     try:
         same = _same_as_sklearn(hgb, ensembles, raw_predict)
-        if same and prefix is not None:
-            probe = np.random.default_rng(0).normal(0, 3, (256, n_features))
-            same = np.array_equal(predict_proba(probe), model.predict_proba(probe))
+        if same and prefix is not None:  # the steps before the trees, compiled or not
+            same = same_on_probes(model, predict_proba, n_features)
     except (AttributeError, TypeError, ValueError):
         return None
     return predict_proba if same else None

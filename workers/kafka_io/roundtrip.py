@@ -28,6 +28,7 @@ class Received:
     key: bytes | None
     value: bytes | None
     headers: dict[str, bytes]
+    timestamp_ms: int  # the record's timestamp: CreateTime or LogAppendTime, as the topic keeps
 
     def json(self) -> Any:  # noqa: ANN401 - whatever the JSON value holds
         return json.loads(self.value or b"")
@@ -39,7 +40,7 @@ def _received(msg: Message) -> Received | None:
         return None
     raw_headers: list[tuple[str, bytes | None]] = msg.headers() or []  # type: ignore[assignment]
     headers = {k: v or b"" for k, v in raw_headers}
-    return Received(partition, offset, msg.key(), msg.value(), headers)
+    return Received(partition, offset, msg.key(), msg.value(), headers, msg.timestamp()[1])
 
 
 def produce_all(
