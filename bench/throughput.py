@@ -1,10 +1,10 @@
 """Throughput, latency and memory beside a passthrough and a naive loop: `scorestream bench`.
 
-The bench lives in the package (workers/benchmark.py) so an installed scorestream can run it;
+The bench lives in the package (workers/commands/bench.py) so an installed scorestream can run it;
 this file keeps `python bench/throughput.py` working from a checkout.
 """
 
-from workers.benchmark import main
+from workers.commands.bench import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

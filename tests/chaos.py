@@ -42,12 +42,12 @@ from tests.conftest import free_base_port
 from tests.integration.test_infer import events, feature_rows
 from tests.integration.test_monitor import Scenario, advance_clocks, scenario
 from tests.integration.workers import WorkerProcess
+from workers.commands.train import train
 from workers.kafka_io.admin import create_topics
 from workers.local_kafka import cluster
 from workers.local_kafka.layout import ClusterLayout
 from workers.local_kafka.runtime import default_cache_dir
 from workers.model_store import load_version
-from workers.training import train
 
 
 @dataclass

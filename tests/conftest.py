@@ -98,7 +98,7 @@ def new_topic(kafka: KafkaUnderTest, request: pytest.FixtureRequest) -> TopicFac
 @pytest.fixture(scope="session")
 def trained_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A registry with model `bc` v1: logistic regression on the breast-cancer data set."""
-    from workers.training import train  # noqa: PLC0415
+    from workers.commands.train import train  # noqa: PLC0415
 
     root = tmp_path_factory.mktemp("models")
     train("bc", root, dataset="breast_cancer", estimator="logistic_regression", seed=0)

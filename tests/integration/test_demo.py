@@ -11,7 +11,7 @@ from PIL import Image
 
 from tests.conftest import KafkaUnderTest
 from workers.cli import main
-from workers.demo import run_demo
+from workers.commands.demo import run_demo
 
 
 def test_demo_streams_scores_monitors_and_draws_the_report(

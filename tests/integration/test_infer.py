@@ -21,11 +21,11 @@ from tests.integration.workers import (
     scrape,
     set_topic_config,
 )
+from workers.commands.train import load_dataset, train
 from workers.core.events import ErrorType
 from workers.kafka_io.admin import create_topics
 from workers.kafka_io.roundtrip import produce_all
 from workers.model_store import load_version
-from workers.training import load_dataset, train
 
 ULPS = 1e-12  # see tests/unit/core/test_scoring.py: BLAS order differs by batch size
 MAX_VALUE_BYTES = 65_536

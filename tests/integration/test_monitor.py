@@ -340,8 +340,8 @@ def test_a_moved_feature_raises_feature_drift_naming_it(
 ) -> None:
     import numpy as np  # noqa: PLC0415
 
+    from workers.commands.train import load_dataset  # noqa: PLC0415
     from workers.model_store import load_version  # noqa: PLC0415
-    from workers.training import load_dataset  # noqa: PLC0415
 
     topics = {
         "predictions": new_topic(1, "-pred"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 import urllib.parse
@@ -224,3 +225,16 @@ def test_promtool_passes_the_rules_their_unit_tests_and_the_config(
         done = subprocess.run(argv, cwd=prometheus_dir, capture_output=True, text=True, check=False)
         assert done.returncode == 0, f"{' '.join(argv[1:])}:\n{done.stdout}{done.stderr}"
         assert "SUCCESS" in done.stdout + done.stderr
+
+
+def test_compose_pins_the_prometheus_release_tested_here(binaries: tuple[Path, Path]) -> None:
+    """The rules and queries are checked by this Prometheus: the stack must run the same."""
+    prometheus, _ = binaries
+    shown = subprocess.run(
+        [str(prometheus), "--version"], capture_output=True, text=True, check=True
+    )
+    tested = re.search(r"version (\d+\.\d+\.\d+)", shown.stdout + shown.stderr)
+    pinned = re.search(r"image: prom/prometheus:v(\S+)", (DOCKER / "compose.yaml").read_text())
+    assert tested is not None
+    assert pinned is not None
+    assert pinned.group(1) == tested.group(1)

@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import IN_CI, free_base_port
 from tests.integration.workers import WorkerProcess, metrics_text
+from workers.commands.train import train
 from workers.kafka_io.admin import create_topics, live_broker_ids
 from workers.kafka_io.roundtrip import produce_all, read_to_end
 from workers.local_kafka import cluster
@@ -26,7 +27,6 @@ from workers.local_kafka.runtime import BrokerSetupError, default_cache_dir
 from workers.model_store import load_version
 from workers.settings import parse_key_value
 from workers.signing import HMAC_KEY_VARIABLE, load_signer
-from workers.training import train
 
 
 @dataclass

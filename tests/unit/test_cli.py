@@ -73,3 +73,67 @@ def test_train_if_missing_registers_once(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "bc").iterdir()) == ["1"]
     assert main(argv[:-1], {}) == 0  # without it, every run registers the next version
     assert sorted(p.name for p in (tmp_path / "bc").iterdir()) == ["1", "2"]
+
+
+def _record_cluster(data_dir: Path, nodes: int, port: int) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    shape = {"cluster_id": "x", "nodes": nodes, "port": port, "tls": False, "sasl": False}
+    (data_dir / "cluster.json").write_text(json.dumps(shape))
+
+
+def test_status_reads_the_shape_the_data_dir_records(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _record_cluster(tmp_path, nodes=3, port=19192)
+    assert main(["broker", "status", "--data-dir", str(tmp_path)], {}) == EXIT_NOT_RUNNING
+    out = capsys.readouterr().out
+    assert "127.0.0.1:19192,127.0.0.1:19194,127.0.0.1:19196" in out
+    assert [line.split()[0] for line in out.splitlines()[1:4]] == ["1", "2", "3"]
+
+
+def test_stop_reaches_every_recorded_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.local_kafka import cluster  # noqa: PLC0415
+
+    _record_cluster(tmp_path, nodes=3, port=19192)
+    stopped: list[tuple[int, int]] = []
+
+    def fake_stop(layout: object, _timeout_s: float) -> list[int]:
+        stopped.append((layout.node_count, layout.base_port))  # type: ignore[attr-defined]
+        return []
+
+    monkeypatch.setattr(cluster, "stop", fake_stop)
+    assert main(["broker", "stop", "--data-dir", str(tmp_path)], {}) == 0
+    assert stopped == [(3, 19192)]
+
+
+def test_flags_that_contradict_the_recorded_shape_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _record_cluster(tmp_path, nodes=3, port=19192)
+    code = main(["broker", "stop", "--data-dir", str(tmp_path), "--port", "9092"], {})
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "3 node(s) on port 19192" in err
+    assert "--port 9092" in err
+    assert "drop those flags" in err
+
+
+def test_demo_without_matplotlib_stops_before_it_starts_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util  # noqa: PLC0415
+
+    from workers.local_kafka import cluster  # noqa: PLC0415
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "matplotlib" else real_find_spec(name, *a),
+    )
+    started: list[object] = []
+    monkeypatch.setattr(cluster, "start", lambda *a: started.append(a))
+    code = main(["demo", "--data-dir", str(tmp_path), "--out", str(tmp_path / "out")], {})
+    assert code == 1
+    assert "pip install 'scorestream[report]'" in capsys.readouterr().err
+    assert started == []

@@ -8,6 +8,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from workers.commands.train import train
 from workers.model_store import (
     ModelError,
     ModelWatcher,
@@ -17,7 +18,6 @@ from workers.model_store import (
     load_version,
     register,
 )
-from workers.training import train
 
 CONTRACT_FIELDS = ("name", "version", "framework", "features", "classes", "sha256", "created_at")
 

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from workers.cli import main
+from workers.commands.train import train
 from workers.model_store import ModelError, ModelWatcher, load_newest_good, load_version
 from workers.signing import (
     HMAC_KEY_VARIABLE,
@@ -20,7 +21,6 @@ from workers.signing import (
     load_signer,
     load_verifier,
 )
-from workers.training import train
 
 HMAC_KEY = "a-shared-secret-of-32-characters"
 

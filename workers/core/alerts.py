@@ -33,6 +33,21 @@ class Alert(msgspec.Struct, omit_defaults=True):
         return msgspec.structs.asdict(self)
 
 
+# A drifted feature's statistics that describe the shift without quoting the data's values.
+_VALUE_FREE_STATISTICS = frozenset({"shift_sigma", "z"})
+
+
+def redacted(alert: Alert) -> Alert:
+    """The alert without the statistics that quote feature values (training and live means)."""
+    if alert.features is None:
+        return alert
+    kept = {
+        name: {k: v for k, v in stats.items() if k in _VALUE_FREE_STATISTICS}
+        for name, stats in alert.features.items()
+    }
+    return msgspec.structs.replace(alert, features=kept)
+
+
 @dataclass(frozen=True, slots=True)
 class AlertRules:
     accuracy_threshold: float = 0.8

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
@@ -152,7 +152,40 @@ def fix_for(reason: str) -> str:
     )
 
 
-def retry_until_ready(  # noqa: PLR0913 - the call, its name and how to diagnose it
+class CallStuck(Exception):  # noqa: N818 - it is what happened, not an error of ours
+    """A librdkafka call did not return within its bound."""
+
+
+# Longest a transactional call (init, send_offsets + commit, with their own retries) may take
+# before its producer is considered stuck inside librdkafka.
+TXN_CALL_LIMIT_S = 40.0
+
+
+def bounded_call(call: Callable[[], object], limit_s: float) -> None:
+    """Run `call` on a daemon thread; raise what it raised, or CallStuck after `limit_s`.
+
+    librdkafka's transactional calls can block past their own timeout once the coordinator
+    went away (librdkafka issues 5456 and 5511): the caller sets the producer aside instead
+    of waiting with it."""
+    raised: list[BaseException] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            raised.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True, name="bounded-call").start()
+    if not done.wait(limit_s):
+        raise CallStuck
+    if raised:
+        raise raised[0]
+
+
+def retry_until_ready(  # noqa: PLR0913 - the call, its name and how to diagnose and recover
     call: Callable[[], object],
     stop: threading.Event,
     *,
@@ -160,11 +193,14 @@ def retry_until_ready(  # noqa: PLR0913 - the call, its name and how to diagnose
     bootstrap_servers: str,
     max_backoff_s: float = 30.0,
     last_error: LastError | None = None,
+    recover: Callable[[KafkaError | None], None] | None = None,
 ) -> bool:
     """Call until Kafka answers, backing off 1 s, 2 s, ... `max_backoff_s`; False if stopped.
 
     A worker started before its brokers (or during an outage) waits and says so, rather than
-    exiting; a fatal client error still raises.
+    exiting. A fatal client error raises, unless `recover` is given: it is called after every
+    failed attempt (with the client's error, None for a timeout) and can replace the client,
+    so even a fatal error is retried with a fresh one.
     """
     backoff, attempt = 1.0, 0
     while not stop.is_set():
@@ -173,8 +209,10 @@ def retry_until_ready(  # noqa: PLR0913 - the call, its name and how to diagnose
             call()
         except (KafkaException, FutureTimeout) as exc:
             err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-            if err is not None and err.fatal():
+            if err is not None and err.fatal() and recover is None:
                 raise
+            if recover is not None:
+                recover(err)
             reason = err.str() if err is not None else "timed out"
             cause = last_error.take() if last_error is not None else None
             if cause and cause not in reason:
@@ -195,6 +233,70 @@ def retry_until_ready(  # noqa: PLR0913 - the call, its name and how to diagnose
             log.info("kafka_reachable", what=what, attempts=attempt)
         return True
     return False
+
+
+class HoldsTransactionalProducer(Protocol):
+    producer: Producer
+    abandoned_producers: list[Producer]
+
+    def new_producer(self) -> Producer: ...
+
+
+def init_transactions(
+    holder: HoldsTransactionalProducer, stop: threading.Event, *, bootstrap_servers: str
+) -> bool:
+    """Initialise `holder.producer`'s transactions once the cluster answers; False if stopped.
+
+    init_transactions can hang inside librdkafka like the other transactional calls, so each
+    attempt is bounded: a stuck producer is set aside (destroying it would block too) and the
+    next attempt starts from a new one, as it does after a fatal error."""
+    attempts = 0
+
+    def attempt() -> None:
+        nonlocal attempts
+        attempts += 1
+        producer = holder.producer
+        try:
+            bounded_call(lambda: producer.init_transactions(10), TXN_CALL_LIMIT_S)
+        except CallStuck:
+            log.error("init_transactions_stuck", waited_s=TXN_CALL_LIMIT_S, attempt=attempts)
+            holder.abandoned_producers.append(producer)
+            holder.producer = holder.new_producer()
+            raise KafkaException(
+                KafkaError(KafkaError._TIMED_OUT, "init_transactions did not return")  # noqa: SLF001
+            ) from None
+
+    def recover(err: KafkaError | None) -> None:
+        if err is not None and err.fatal():
+            holder.producer = holder.new_producer()
+
+    return retry_until_ready(
+        attempt, stop, what="init_transactions", bootstrap_servers=bootstrap_servers,
+        recover=recover,
+    )  # fmt: skip
+
+
+class AdminAccess:
+    """Settings for short-lived admin clients (topic checks, creation) whose error callback
+    keeps the client's last error: an admin call that fails says only that it timed out, the
+    callback says why (wrong password, untrusted certificate, nothing listening)."""
+
+    def __init__(self, bootstrap_servers: str, kafka_config: Mapping[str, str]) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.errors = LastError()
+        self.config: dict[str, Any] = {**kafka_config, "error_cb": self.errors}
+
+    def retry_until_ready(
+        self, call: Callable[[dict[str, Any]], object], stop: threading.Event, *, what: str
+    ) -> bool:
+        """`call(config)` until the cluster answers, as `retry_until_ready`."""
+        return retry_until_ready(
+            lambda: call(self.config),
+            stop,
+            what=what,
+            bootstrap_servers=self.bootstrap_servers,
+            last_error=self.errors,
+        )
 
 
 def partition_lags(consumer: Consumer) -> dict[tuple[str, int], int] | None:

@@ -15,18 +15,21 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from workers.checkpoint import CheckpointStore
-from workers.core.alerts import Alert, FeatureAlerts
+from workers.core.alerts import Alert, FeatureAlerts, redacted
 from workers.core.drift import FeatureDrift
 from workers.core.events import EventDecoder, InvalidEvent
 from workers.core.monitor import MonitorConfig, MonitorState
 from workers.kafka_io.admin import list_topics
 from workers.kafka_io.clients import (
-    LastError,
+    TXN_CALL_LIMIT_S,
+    AdminAccess,
+    CallStuck,
+    bounded_call,
+    init_transactions,
     make_consumer,
     make_producer,
     partition_lags,
     redact,
-    retry_until_ready,
 )
 from workers.metrics import REFRESH_INTERVAL_S, MetricsServer, MetricsSnapshot, MonitorMetrics
 from workers.model_store import Manifest
@@ -93,13 +96,15 @@ class MonitorSettings:
     instance_id: str = "main"
     # Alerts through an outbox stored with the checkpoint and published in transactions.
     exactly_once: bool = False
+    # Keep what quotes feature values (a feature's training and live means) out of alerts.
+    redact_features: bool = False
 
 
-def check_partition_counts(settings: MonitorSettings, error_cb: LastError | None = None) -> int:
+def check_partition_counts(
+    settings: MonitorSettings, admin_config: dict[str, Any] | None = None
+) -> int:
     """Predictions and labels must be co-partitioned; return their partition count."""
-    extra: dict[str, Any] = dict(settings.kafka_config)
-    if error_cb is not None:
-        extra["error_cb"] = error_cb
+    extra: dict[str, Any] = dict(settings.kafka_config if admin_config is None else admin_config)
     # Short: an unreachable cluster is retried (with backoff and a log line) by the caller.
     topics = list_topics(settings.bootstrap_servers, extra, timeout_s=10).topics
     counts = {}
@@ -149,7 +154,9 @@ class MonitorWorker:
         # Exactly-once: alerts raised since the last checkpoint, (key, value, created_at ms).
         self._outbox: list[tuple[bytes | None, bytes, int]] = []
         self.transactional_id = f"{s.group_id}.monitor.{s.instance_id}" if s.exactly_once else None
-        self.producer: Producer = self._make_producer()
+        # Producers stuck inside librdkafka, kept referenced: destroying one would block too.
+        self.abandoned_producers: list[Producer] = []
+        self.producer: Producer = self.new_producer()
         self.consumer: Consumer = make_consumer(
             s.bootstrap_servers,
             s.kafka_config,
@@ -172,7 +179,7 @@ class MonitorWorker:
             name="monitor-consumer",
         )
 
-    def _make_producer(self) -> Producer:
+    def new_producer(self) -> Producer:
         s = self.settings
         required: dict[str, Any] = {"enable.idempotence": True, "acks": "all"}
         if self.transactional_id is not None:
@@ -202,32 +209,53 @@ class MonitorWorker:
         pending = self.store.outbox()
         if not pending:
             return
+        producer = self.producer
         try:
-            self.producer.begin_transaction()
+            producer.begin_transaction()
             for seq, _, key, value in pending:
                 headers: list[tuple[str, str | bytes | None]] = [
                            ("scorestream.transactional_id", self.transactional_id or ""),
                            ("scorestream.alert_seq", str(seq))]  # fmt: skip
                 while True:
                     try:
-                        self.producer.produce(self.settings.alerts_topic, value, key,
-                                              headers=headers)  # fmt: skip
+                        producer.produce(self.settings.alerts_topic, value, key,
+                                         headers=headers)  # fmt: skip
                         break
                     except BufferError:
-                        self.producer.poll(0.1)
-            self.producer.commit_transaction(30)
+                        producer.poll(0.1)
+            # Bounded as the infer worker's commits are: librdkafka can block here past its
+            # own timeout once the coordinator went away.
+            bounded_call(lambda: producer.commit_transaction(30), TXN_CALL_LIMIT_S)
+        except CallStuck:
+            # Kept in the outbox; the stuck producer is set aside (destroying it would block
+            # too) and a fresh one with the same transactional.id fences it.
+            log.error("alerts_publish_stuck", waited_s=TXN_CALL_LIMIT_S, pending=len(pending))
+            self.abandoned_producers.append(producer)
+            self._replace_producer()
+            return
         except KafkaException as exc:
             # Kept in the outbox: the next checkpoint tries again with a fresh producer.
             log.warning("alerts_not_published", reason=exc.args[0].str(), pending=len(pending))
             with contextlib.suppress(KafkaException):
-                self.producer.abort_transaction(10)
-            self.producer.purge()
-            self.producer.flush(0)
-            self.producer = self._make_producer()
+                producer.abort_transaction(10)
             with contextlib.suppress(KafkaException):
-                self.producer.init_transactions(30)
+                producer.purge()
+                producer.flush(0)
+            self._replace_producer()
             return
         self.store.published(seq for seq, _, _, _ in pending)
+
+    def _replace_producer(self) -> None:
+        self.producer = self.new_producer()
+        producer = self.producer
+        try:
+            bounded_call(lambda: producer.init_transactions(30), TXN_CALL_LIMIT_S)
+        except CallStuck:
+            log.error("init_transactions_stuck", waited_s=TXN_CALL_LIMIT_S)
+            self.abandoned_producers.append(producer)
+            self.producer = self.new_producer()  # initialised at the next publish's failure
+        except KafkaException as exc:
+            log.warning("init_transactions_failed", reason=exc.args[0].str())
 
     def _init_feature_drift(self, manifest: Manifest) -> None:
         summary = manifest.raw.get("feature_summary") or {}
@@ -284,13 +312,12 @@ class MonitorWorker:
     def run(self, stop: threading.Event) -> None:
         s = self.settings
         tune_process()
-        errors = LastError()
+        admin = AdminAccess(s.bootstrap_servers, s.kafka_config)
 
-        def check() -> None:
-            self.partitions = check_partition_counts(s, errors)
+        def check(config: dict[str, Any]) -> None:
+            self.partitions = check_partition_counts(s, config)
 
-        if not retry_until_ready(check, stop, what="topics", bootstrap_servers=s.bootstrap_servers,
-                                 last_error=errors):  # fmt: skip
+        if not admin.retry_until_ready(check, stop, what="topics"):
             self.consumer.close()
             self.store.close()
             return
@@ -313,10 +340,7 @@ class MonitorWorker:
             kafka_config=redact(s.kafka_config),
         )
         if s.exactly_once:
-            ready = retry_until_ready(
-                lambda: self.producer.init_transactions(10), stop,
-                what="init_transactions", bootstrap_servers=s.bootstrap_servers,
-            )  # fmt: skip
+            ready = init_transactions(self, stop, bootstrap_servers=s.bootstrap_servers)
             if not ready:
                 self.consumer.close()
                 self.store.close()
@@ -398,6 +422,8 @@ class MonitorWorker:
             self.metrics.consumed.labels(streams.get(topic, "features")).inc(count)
 
     def _raise(self, alert: Alert) -> None:
+        if self.settings.redact_features:
+            alert = redacted(alert)
         fields: dict[str, Any] = {k: v for k, v in alert.fields().items() if v is not None}
         name = fields.pop("alert")
         alert_log.warning(name, alert=name, **fields)

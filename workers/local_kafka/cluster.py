@@ -160,6 +160,26 @@ def _busy_ports(nodes: list[NodeLayout], grace_s: float) -> list[int]:
         time.sleep(0.1)
 
 
+@dataclass(frozen=True, slots=True)
+class RecordedShape:
+    """What DATA_DIR/cluster.json says a cluster was first started with."""
+
+    nodes: int
+    port: int
+    tls: bool
+    sasl: bool
+
+
+def recorded_shape(data_dir: Path) -> RecordedShape | None:
+    marker = data_dir / "cluster.json"
+    if not marker.exists():
+        return None
+    saved = json.loads(marker.read_text())
+    return RecordedShape(
+        int(saved["nodes"]), int(saved["port"]), bool(saved.get("tls")), bool(saved.get("sasl"))
+    )
+
+
 def _check_layout_matches(cluster: ClusterLayout) -> None:
     marker = cluster.data_dir / "cluster.json"
     if not marker.exists():

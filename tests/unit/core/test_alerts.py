@@ -137,3 +137,15 @@ def test_may_fire_is_false_only_when_on_outcome_would_raise_nothing() -> None:
             )
         else:
             assert expected == []
+
+
+def test_a_redacted_feature_alert_quotes_no_feature_values() -> None:
+    from workers.core.alerts import Alert, redacted  # noqa: PLC0415
+
+    stats = {"shift_sigma": 6.1, "train_mean": 14.2, "live_mean": 30.9, "z": 8.7}
+    alert = Alert("feature_drift", "warning", "m", 1, joined=0, at=1, features={"age": stats})
+    hidden = redacted(alert)
+    assert hidden.features == {"age": {"shift_sigma": 6.1, "z": 8.7}}
+    assert "30.9" not in str(hidden.fields())
+    plain = Alert("drift_detected", "warning", "m", 1, joined=5, at=1)
+    assert redacted(plain) is plain

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from tests.corpus import BAD, FEATURES
+from workers.commands.train import load_dataset
 from workers.core.events import ErrorType, EventDecoder, InvalidEvent, redacted_message
 from workers.core.inference import ServingModel, score_batch
 from workers.core.scoring import Matrix, ScoredBatch
 from workers.model_store import load_version
 from workers.schemas import load_schema
-from workers.training import load_dataset
 
 
 class FailsOnThirteen:

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from workers.commands.demo import LogTail, Progress
+from workers.commands.report import write_report
 from workers.core.report import accuracy_around_drift, build_report
-from workers.demo import LogTail, Progress
-from workers.report import write_report
 
 
 def prediction(i: int, label: str, version: int = 1) -> bytes:
@@ -46,7 +46,7 @@ def test_counts_duplicates_orphans_and_undecodable_records() -> None:
     data = build_report(predictions, labels, alerts, window=10)
     assert data.counts == {
         "predictions": 2, "duplicate_predictions": 1, "labels": 2, "joined": 1, "correct": 1,
-        "predictions_without_label": 1, "labels_without_prediction": 1,
+        "labels_outside_ttl": 0, "predictions_without_label": 1, "labels_without_prediction": 1,
         "undecodable_predictions": 2, "undecodable_labels": 1, "alerts": 2,
     }  # fmt: skip
     assert [a.alert for a in data.alerts] == ["accuracy_below_threshold", "drift_detected"]
@@ -101,3 +101,26 @@ def test_progress_line_and_log_tail(tmp_path: Path) -> None:
     tail.read()
     assert tail.latest["b"]["n"] == 3
     assert tail.counts["a"] == 2
+
+
+def test_a_pair_the_monitor_expired_is_not_joined() -> None:
+    # Prediction i at event time 1000 i; its label's record comes `delay` ms later.
+    predictions = [prediction(i, "1") for i in range(4)]
+    labels = [label(i, "1") for i in range(4)]
+    delays = [500, 5_000, -500, -5_000]  # late, later than the TTL, early, too early
+    stamps = [1000 * i + d for i, d in enumerate(delays)]
+    data = build_report(predictions, labels, [], window=10, label_timestamps=stamps,
+                        label_ttl_ms=1_000, orphan_label_ttl_ms=1_000)  # fmt: skip
+    assert [p.time_ms for p in data.series["m v1"]] == [0, 2000]
+    assert data.counts["labels_outside_ttl"] == 2
+    assert data.counts["predictions_without_label"] == 0
+    # Without the TTLs (or a timestamp) every pair joins, as before.
+    assert build_report(predictions, labels, [], window=10).counts["joined"] == 4
+
+
+def test_a_label_time_in_the_label_wins_over_its_record_timestamp() -> None:
+    predictions = [prediction(1, "1")]
+    labels = [json.dumps({"event_id": "e1", "label": "1", "label_time": 1500}).encode()]
+    data = build_report(predictions, labels, [], window=10, label_timestamps=[999_999],
+                        label_ttl_ms=1_000)  # fmt: skip
+    assert data.counts["joined"] == 1

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from msgspec import to_builtins
 
+from workers.commands.train import load_dataset, train
 from workers.core.scoring import RiverClassifierScorer, SklearnClassifierScorer
 from workers.model_store import load_version
-from workers.training import load_dataset, train
 
 # BLAS sums a 1-row product (gemv, small-matrix kernels) in another order than a 1000-row one
 # (gemm), so the same row can differ in its last bit between batch sizes: measured here, at most

@@ -7,6 +7,7 @@ the rolling accuracy, the drift point and the alerts, and the counts are printed
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -17,22 +18,25 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
 
+from workers.commands.broker import add_broker_options, start_cluster
+from workers.commands.produce import ProduceCounts, ProduceSettings, run_produce
+from workers.commands.report import check_drawing_available, report_from_topics, write_report
+from workers.commands.shared import StartupError, positive_int
+from workers.commands.train import load_dataset, train
 from workers.core.report import accuracy_around_drift
 from workers.core.synthetic import StreamSpec
 from workers.kafka_io.admin import create_topics
 from workers.kafka_io.roundtrip import produce_all, read_to_end
 from workers.model_store import list_versions, read_manifest
-from workers.produce import ProduceCounts, ProduceSettings, run_produce
-from workers.report import report_from_topics, write_report
-from workers.run_infer import StartupError
+from workers.settings import SettingsError, add_option
 from workers.signing import load_signer
-from workers.training import load_dataset, train
 
 DEMO_MODEL = "breast_cancer"
 WINDOW = 500
@@ -109,6 +113,40 @@ def _wait_assigned(tails: list[LogTail], procs: list[subprocess.Popen[bytes]]) -
         time.sleep(0.1)
     names = ", ".join(str(t.path) for t in tails)
     raise StartupError(f"the workers did not join their groups within 60 s; see {names}")
+
+
+def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN401 - argparse's
+    demo = commands.add_parser(
+        "demo",
+        help="start the local broker and show events flowing through it",
+        description="Start the local broker (as `broker start`), train the demo model if "
+        "missing, run `scorestream infer` and `scorestream monitor`, stream --events synthetic "
+        "feature events (plus a few malformed ones) at --rate with each label 0.5-3 s later "
+        "and half the labels flipped from the midpoint on (a drift), follow it with a progress "
+        "bar, then write --out/report.png and report.html (rolling accuracy, the drift point, "
+        "the alerts) and summary.json, and print the counts. Needs matplotlib for the "
+        "picture (pip install 'scorestream[report]'), checked before anything starts.",
+    )
+    add_option(demo, "--events", environ=environ, type=positive_int, default=5000,
+               help="how many events to send")  # fmt: skip
+    add_option(demo, "--rate", environ=environ, type=float, default=1000.0,
+               help="events per second")  # fmt: skip
+    add_option(demo, "--models-dir", environ=environ, type=Path, default=Path("models"),
+               help="registry root; the demo model is trained there on first run")  # fmt: skip
+    add_option(demo, "--out", environ=environ, type=Path, default=Path("demo-out"),
+               help="where the demo writes its results")  # fmt: skip
+    add_broker_options(demo, environ)
+    demo.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    if args.rate <= 0:
+        raise SettingsError("--rate must be > 0")
+    # The picture comes last: a missing library must stop the demo before it streams anything.
+    check_drawing_available()
+    result = start_cluster(args, environ)
+    print(f"Kafka ready at {result.bootstrap_servers} (stop it with `scorestream broker stop`)")
+    return run_demo(result.bootstrap_servers, args.events, args.out, args.models_dir, args.rate)
 
 
 def run_demo(

@@ -38,7 +38,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,8 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")
 
 import numpy as np  # noqa: E402
+
+from workers.commands.shared import add_logging_options  # noqa: E402
 
 FEATURES = [f"feature_{i:02d}" for i in range(20)]
 
@@ -288,7 +290,7 @@ def run_latency(cfg: dict[str, Any]) -> dict[str, Any]:
     producer.flush(30)
     producer.list_topics(cfg["input"], timeout=30)
     worker = subprocess.Popen(
-        [sys.executable, "-m", "workers.benchmark", "--workload", cfg["worker"], "--config",
+        [sys.executable, "-m", "workers.commands.bench", "--workload", cfg["worker"], "--config",
          json.dumps({**cfg["worker_cfg"], "events": len(events), "max_seconds": 120})],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -427,7 +429,7 @@ WORKLOADS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 def in_subprocess(workload: str, cfg: dict[str, Any]) -> dict[str, Any]:
     proc = subprocess.run(
-        [sys.executable, "-m", "workers.benchmark", "--workload", workload, "--config",
+        [sys.executable, "-m", "workers.commands.bench", "--workload", workload, "--config",
          json.dumps(cfg)],
         capture_output=True, text=True, check=False, timeout=900,
     )  # fmt: skip
@@ -449,7 +451,7 @@ def result_line(stdout: str) -> dict[str, Any] | None:
 def prepare_models(root: Path) -> dict[str, Path]:
     from sklearn.datasets import make_classification  # noqa: PLC0415
 
-    from workers.training import Dataset, train_on  # noqa: PLC0415
+    from workers.commands.train import Dataset, train_on  # noqa: PLC0415
 
     x, y = make_classification(n_samples=20_000, n_features=20, n_informative=10, random_state=0)
     data = Dataset("synthetic20", FEATURES, x.astype(np.float64), y)
@@ -479,8 +481,30 @@ def preload_joined(bootstrap: str, topics: dict[str, str], n: int) -> None:
 WORKLOAD_KEYS = ("a", "b", "c", "d", "e", "f", "latency", "memory")
 
 
+def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN401
+    bench = commands.add_parser(
+        "bench",
+        help="measure throughput, latency and memory beside a passthrough and a naive loop",
+        description="Against a real broker (SCORESTREAM_BOOTSTRAP_SERVERS, or a local one "
+        "started on port 39092 and stopped after): preload --events events, then measure "
+        "(a) a bare passthrough, (b) a naive one-message loop, (c) infer with logistic "
+        "regression, (d) infer with 100-tree HistGradientBoosting, (e) the monitor, (f) (c) "
+        "exactly-once; latency "
+        "at half of (c)'s maximum beside (a); bytes per pending prediction in the monitor. "
+        "Prints a table with PASS/MISS per target and writes --out. Takes about 5 minutes "
+        "(--quick: seconds). Exit 1 when a target is missed.",
+    )
+    add_arguments(bench)
+    add_logging_options(bench, environ)
+    bench.set_defaults(handler=run_command)
+
+
+def run_command(args: argparse.Namespace, _environ: Mapping[str, str]) -> int:
+    return run(args)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The bench's options: shared by `scorestream bench` and `python -m workers.benchmark`."""
+    """The bench's options: shared by `scorestream bench` and `python -m workers.commands.bench`."""
     parser.add_argument("--events", type=int, default=200_000, help="events preloaded (200000)")
     parser.add_argument("--partitions", type=int, default=4, help="partitions per topic (4)")
     parser.add_argument("--naive-events", type=int, default=5000, help="events for (b) (5000)")

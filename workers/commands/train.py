@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version as package_version
@@ -15,11 +16,14 @@ from typing import Any
 import joblib
 import numpy as np
 import numpy.typing as npt
+import structlog
 
+from workers.commands.shared import EXIT_OK, add_logging_options
 from workers.core.feature_summary import summarize_features
 from workers.core.scoring import Label
-from workers.model_store import ARTIFACT, MANIFEST, register, sha256_hex
-from workers.signing import SIGNATURE, Signer
+from workers.model_store import ARTIFACT, MANIFEST, list_versions, register, sha256_hex
+from workers.settings import SettingsError, add_option
+from workers.signing import SIGNATURE, Signer, load_signer
 
 DATASETS = ("breast_cancer", "wine", "iris", "phishing")
 ESTIMATORS = ("logistic_regression", "hist_gradient_boosting", "river_logistic_regression")
@@ -210,3 +214,94 @@ def _library_versions(framework: str) -> dict[str, str]:
     libraries = ("river",) if framework == "river" else ("scikit-learn",)
     versions.update({lib: package_version(lib) for lib in libraries})
     return versions
+
+
+def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN401
+    train = commands.add_parser(
+        "train",
+        help="train a model and register its next version",
+        description="Fit a pipeline on a data set that ships inside scikit-learn or river, "
+        "evaluate it on a held-out split and register it as the next version under "
+        "MODELS_DIR/NAME/<version>/ (model.joblib + manifest.json).",
+    )
+    add_option(train, "--name", environ=environ, help="model name (folder under --models-dir)")
+    add_option(
+        train,
+        "--models-dir",
+        environ=environ,
+        type=Path,
+        default=Path("models"),
+        help="registry root",
+    )
+    add_option(
+        train,
+        "--dataset",
+        environ=environ,
+        choices=DATASETS,
+        default="breast_cancer",
+        help="bundled training data",
+    )
+    add_option(
+        train,
+        "--estimator",
+        environ=environ,
+        choices=ESTIMATORS,
+        default="logistic_regression",
+        help="what to fit",
+    )
+    add_option(
+        train,
+        "--seed",
+        environ=environ,
+        type=int,
+        default=0,
+        help="random seed of the split and the estimator",
+    )
+    add_option(
+        train,
+        "--sign-key",
+        environ=environ,
+        type=Path,
+        help="PEM ed25519 private key: sign the manifest into manifest.sig (with "
+        "SCORESTREAM_MODEL_HMAC_KEY set and no --sign-key, HMAC-SHA256 signs instead)",
+    )
+    add_option(
+        train,
+        "--if-missing",
+        environ=environ,
+        switch=True,
+        help="do nothing when NAME already has a version (for init containers and scripts "
+        "that run on every start)",
+    )
+    add_logging_options(train, environ)
+    train.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    if not args.name:
+        raise SettingsError("--name is required (or SCORESTREAM_NAME)")
+    log = structlog.get_logger("scorestream.train")
+    existing = list_versions(args.models_dir / args.name)
+    if args.if_missing and existing:
+        log.info("model_present", model=args.name, versions=existing, trained=False)
+        return EXIT_OK
+    signer = load_signer(args.sign_key, environ)
+    folder = train(
+        args.name,
+        args.models_dir,
+        signer=signer,
+        dataset=args.dataset,
+        estimator=args.estimator,
+        seed=args.seed,
+    )
+    manifest = json.loads((folder / "manifest.json").read_text())
+    log.info(
+        "model_registered",
+        model=manifest["name"],
+        version=manifest["version"],
+        path=str(folder),
+        sha256=manifest["sha256"],
+        signed=(folder / "manifest.sig").exists(),
+        metrics=manifest["metrics"],
+    )
+    return EXIT_OK

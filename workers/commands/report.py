@@ -3,15 +3,20 @@ the predictions, labels and alerts topics into report.png and report.html."""
 
 from __future__ import annotations
 
+import argparse
 import base64
 import html
+import importlib.util
 import json
 import time
 from bisect import bisect_right
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import KafkaException
 
+from workers.commands.shared import EXIT_OK, add_kafka_options, add_logging_options, positive_int
 from workers.core.report import (
     ReportAlert,
     ReportData,
@@ -19,7 +24,8 @@ from workers.core.report import (
     accuracy_around_drift,
     build_report,
 )
-from workers.kafka_io.roundtrip import read_to_end
+from workers.kafka_io.roundtrip import Received, read_to_end
+from workers.settings import add_option, kafka_config
 
 ALERT_STYLE = {  # marker, colour
     "drift_detected": ("v", "tab:red"),
@@ -27,6 +33,66 @@ ALERT_STYLE = {  # marker, colour
     "accuracy_recovered": ("^", "tab:green"),
     "feature_drift": ("D", "tab:purple"),
 }
+
+
+def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN401 - argparse's
+    report = commands.add_parser(
+        "report",
+        help="draw rolling accuracy, the drift point and the alerts from the topics",
+        description="Read the predictions, labels and alerts topics from their start, join "
+        "each prediction to its label by event_id as the monitor does (within its label TTLs), "
+        "and write OUT/report.png (accuracy over the last --window outcomes per model version "
+        "against event time, the drift point if given, each alert as a marker at the time it "
+        "was raised) and OUT/report.html (the picture with the counts and the alerts). Needs "
+        "matplotlib (pip install 'scorestream[report]').",
+    )
+    add_kafka_options(report, environ)
+    add_option(report, "--predictions-topic", environ=environ, default="predictions",
+               help="Predictions")  # fmt: skip
+    add_option(report, "--labels-topic", environ=environ, default="labels", help="Labels")
+    add_option(report, "--alerts-topic", environ=environ, default="alerts", help="Alerts")
+    add_option(report, "--window", environ=environ, type=positive_int, default=500,
+               help="outcomes per rolling-accuracy point")  # fmt: skip
+    add_option(report, "--drift-at-ms", environ=environ, type=int,
+               help="event time (epoch ms) to mark as the drift point")  # fmt: skip
+    add_option(report, "--accuracy-threshold", environ=environ, type=float, default=0.8,
+               help="drawn as a dotted line")  # fmt: skip
+    add_option(report, "--label-ttl-s", environ=environ, type=float, default=3600.0,
+               help="as the monitor's: a label later than this after its prediction's event "
+               "time is not joined")  # fmt: skip
+    add_option(report, "--orphan-label-ttl-s", environ=environ, type=float, default=600.0,
+               help="as the monitor's: a label earlier than this before its prediction's "
+               "event time is not joined")  # fmt: skip
+    add_option(report, "--out", environ=environ, type=Path, default=Path("report-out"),
+               help="folder for report.png and report.html")  # fmt: skip
+    add_logging_options(report, environ)
+    report.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    check_drawing_available()
+    data = report_from_topics(
+        args.bootstrap_servers, predictions_topic=args.predictions_topic,
+        labels_topic=args.labels_topic, alerts_topic=args.alerts_topic, window=args.window,
+        drift_at_ms=args.drift_at_ms,
+        kafka_config=kafka_config(args.kafka_config, args.kafka_config_file, environ),
+        label_ttl_ms=int(args.label_ttl_s * 1000),
+        orphan_label_ttl_ms=int(args.orphan_label_ttl_s * 1000),
+    )  # fmt: skip
+    title = f"scorestream: {args.predictions_topic} joined with {args.labels_topic}"
+    png, page = write_report(data, args.out, title=title,
+                             accuracy_threshold=args.accuracy_threshold)  # fmt: skip
+    print(json.dumps({"report_png": str(png), "report_html": str(page), **data.counts}))
+    return EXIT_OK
+
+
+def check_drawing_available() -> None:
+    """Refuse before any work when the picture cannot be drawn."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ReportError(
+            "the report needs matplotlib, which is not installed: "
+            "pip install 'scorestream[report]' (make venv installs it)"
+        )
 
 
 def report_from_topics(  # noqa: PLR0913 - the topics and the drawing's settings
@@ -38,22 +104,29 @@ def report_from_topics(  # noqa: PLR0913 - the topics and the drawing's settings
     window: int,
     drift_at_ms: int | None = None,
     kafka_config: dict[str, str] | None = None,
+    label_ttl_ms: int | None = 3_600_000,
+    orphan_label_ttl_ms: int | None = 600_000,
 ) -> ReportData:
-    def values(topic: str) -> list[bytes | None]:
+    def records(topic: str) -> list[Received]:
         try:
-            return [r.value for r in read_to_end(bootstrap_servers, topic, kafka_config)]
+            return read_to_end(bootstrap_servers, topic, kafka_config)
         except (KafkaException, TimeoutError) as exc:
             raise ReportError(
                 f"cannot read {topic} from {bootstrap_servers}: {exc}; check the topic names "
                 "and --bootstrap-servers"
             ) from exc
 
+    predictions = records(predictions_topic)
+    labels = records(labels_topic)
     return build_report(
-        values(predictions_topic),
-        values(labels_topic),
-        values(alerts_topic),
+        [r.value for r in predictions],
+        [r.value for r in labels],
+        [r.value for r in records(alerts_topic)],
         window,
         drift_at_ms,
+        label_timestamps=[r.timestamp_ms for r in labels],
+        label_ttl_ms=label_ttl_ms,
+        orphan_label_ttl_ms=orphan_label_ttl_ms,
     )
 
 

@@ -1,0 +1,268 @@
+"""`scorestream monitor`: join labels to predictions, track accuracy and drift, raise alerts."""
+
+from __future__ import annotations
+
+import argparse
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from workers.commands.shared import (
+    EXIT_OK,
+    add_kafka_options,
+    add_logging_options,
+    install_stop_handlers,
+    positive_int,
+)
+from workers.core.alerts import AlertRules
+from workers.core.drift import DEFAULT_DETECTOR, DETECTORS
+from workers.core.monitor import MonitorConfig
+from workers.kafka_io.monitor_loop import MonitorSettings, MonitorWorker
+from workers.model_store import load_newest_good
+from workers.settings import SettingsError, add_option, default_state_dir, kafka_config
+
+
+def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN401
+    monitor = commands.add_parser(
+        "monitor",
+        help="join labels to predictions, track accuracy and drift, raise alerts",
+        description="Join the ground-truth labels (which may come before or after) to the "
+        "predictions, keep rolling accuracy per model version, detect concept drift on the "
+        "outcome stream and, with --features-topic and --model, data drift on the features. "
+        "Alerts are JSON log lines (field `event` = the alert name) and records on "
+        "--alerts-topic. State and offsets are checkpointed together in --state-dir, so a "
+        "restart loses nothing and counts nothing twice.",
+    )
+    add_kafka_options(monitor, environ)
+    add_option(
+        monitor,
+        "--predictions-topic",
+        environ=environ,
+        default="predictions",
+        help="Predictions, keyed by event_id",
+    )
+    add_option(
+        monitor,
+        "--labels-topic",
+        environ=environ,
+        default="labels",
+        help="Labels, keyed by event_id; same partition count as the predictions",
+    )
+    add_option(monitor, "--alerts-topic", environ=environ, default="alerts", help="Alerts")
+    add_option(
+        monitor,
+        "--features-topic",
+        environ=environ,
+        help="FeatureEvents to check for data drift (needs --model)",
+    )
+    add_option(
+        monitor,
+        "--model",
+        environ=environ,
+        type=Path,
+        help="model folder whose training summary the features are compared with",
+    )
+    add_option(
+        monitor,
+        "--window",
+        environ=environ,
+        type=positive_int,
+        default=1000,
+        help="joined outcomes in the rolling accuracy window",
+    )
+    add_option(
+        monitor,
+        "--accuracy-threshold",
+        environ=environ,
+        type=float,
+        default=0.8,
+        help="accuracy_below_threshold fires under this window accuracy",
+    )
+    add_option(
+        monitor,
+        "--min-outcomes",
+        environ=environ,
+        type=positive_int,
+        default=100,
+        help="outcomes in the window before the first accuracy verdict",
+    )
+    add_option(
+        monitor,
+        "--recover-margin",
+        environ=environ,
+        type=float,
+        default=0.02,
+        help="accuracy_recovered fires at threshold + this margin",
+    )
+    add_option(
+        monitor,
+        "--detector",
+        environ=environ,
+        choices=tuple(DETECTORS),
+        default=DEFAULT_DETECTOR,
+        help="concept-drift detector on the outcome stream",
+    )
+    add_option(
+        monitor,
+        "--drift-cooldown",
+        environ=environ,
+        type=positive_int,
+        default=1000,
+        help="outcomes (or feature events) before the same drift alert again",
+    )
+    add_option(
+        monitor,
+        "--feature-window",
+        environ=environ,
+        type=positive_int,
+        default=200,
+        help="recent feature events compared with the training distribution",
+    )
+    add_option(
+        monitor,
+        "--feature-z-threshold",
+        environ=environ,
+        type=float,
+        default=5.0,
+        help="|z| of a feature's mean shift that counts as drift",
+    )
+    add_option(
+        monitor,
+        "--label-ttl-s",
+        environ=environ,
+        type=float,
+        default=3600.0,
+        help="event time a prediction waits for its label",
+    )
+    add_option(
+        monitor,
+        "--orphan-label-ttl-s",
+        environ=environ,
+        type=float,
+        default=600.0,
+        help="event time a label that came first waits for its prediction",
+    )
+    add_option(
+        monitor,
+        "--max-pending",
+        environ=environ,
+        type=positive_int,
+        default=1_000_000,
+        help="most predictions (and labels) waiting; the oldest are evicted",
+    )
+    add_option(
+        monitor,
+        "--time-window-s",
+        environ=environ,
+        type=positive_int,
+        default=60,
+        help="length of the tumbling event-time accuracy windows",
+    )
+    add_option(
+        monitor, "--group-id", environ=environ, default="scorestream-monitor", help="consumer group"
+    )
+    add_option(
+        monitor,
+        "--state-dir",
+        environ=environ,
+        type=Path,
+        help="where checkpoints live (default: the user state dir / monitor / GROUP)",
+    )
+    add_option(
+        monitor,
+        "--instance-id",
+        environ=environ,
+        default="main",
+        help="name of this monitor's own state when several share --state-dir",
+    )
+    add_option(
+        monitor,
+        "--checkpoint-interval-s",
+        environ=environ,
+        type=float,
+        default=5.0,
+        help="seconds between checkpoints (also on revoke and at shutdown)",
+    )
+    add_option(
+        monitor,
+        "--processing-guarantee",
+        environ=environ,
+        choices=("at-least-once", "exactly-once"),
+        default="at-least-once",
+        help="alerts on --alerts-topic: at-least-once (a crash may repeat some), or "
+        "exactly-once (stored with each checkpoint, published in Kafka transactions, each "
+        "once for isolation.level=read_committed readers; they appear at checkpoints)",
+    )
+    add_option(
+        monitor,
+        "--redact-features",
+        environ=environ,
+        switch=True,
+        help="keep feature values out of alerts and logs: a feature_drift alert names the "
+        "feature and how far it moved (shift_sigma, z) but not its training or live mean",
+    )
+    add_option(
+        monitor,
+        "--metrics-port",
+        environ=environ,
+        type=int,
+        help="serve Prometheus metrics and /healthz on this port",
+    )
+    add_option(
+        monitor,
+        "--log-interval-s",
+        environ=environ,
+        type=float,
+        default=10.0,
+        help="seconds between summary log lines",
+    )
+    add_logging_options(monitor, environ)
+    monitor.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    if (args.features_topic is None) != (args.model is None):
+        raise SettingsError("--features-topic and --model go together (data drift needs both)")
+    manifest = None
+    if args.model is not None:
+        manifest = load_newest_good(args.model, None).manifest
+    config = MonitorConfig(
+        window=args.window,
+        label_ttl_ms=int(args.label_ttl_s * 1000),
+        orphan_label_ttl_ms=int(args.orphan_label_ttl_s * 1000),
+        max_pending=args.max_pending,
+        time_window_ms=args.time_window_s * 1000,
+        detector=args.detector,
+        rules=AlertRules(
+            accuracy_threshold=args.accuracy_threshold,
+            min_outcomes=args.min_outcomes,
+            recover_margin=args.recover_margin,
+            drift_cooldown=args.drift_cooldown,
+        ),
+    )
+    settings = MonitorSettings(
+        bootstrap_servers=args.bootstrap_servers,
+        predictions_topic=args.predictions_topic,
+        labels_topic=args.labels_topic,
+        alerts_topic=args.alerts_topic,
+        group_id=args.group_id,
+        kafka_config=kafka_config(args.kafka_config, args.kafka_config_file, environ),
+        state_dir=args.state_dir or default_state_dir(environ) / "monitor" / args.group_id,
+        config=config,
+        features_topic=args.features_topic,
+        manifest=manifest,
+        feature_window=args.feature_window,
+        feature_z_threshold=args.feature_z_threshold,
+        checkpoint_interval_s=args.checkpoint_interval_s,
+        log_interval_s=args.log_interval_s,
+        metrics_port=args.metrics_port,
+        instance_id=args.instance_id,
+        exactly_once=args.processing_guarantee == "exactly-once",
+        redact_features=args.redact_features,
+    )
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    worker = MonitorWorker(settings)
+    worker.run(stop)
+    return EXIT_OK

@@ -1,0 +1,216 @@
+"""`scorestream produce`: a rate-limited synthetic feature stream and its delayed labels."""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from confluent_kafka import KafkaError, Message, Producer
+
+from workers.commands.shared import (
+    EXIT_ERROR,
+    EXIT_OK,
+    add_kafka_options,
+    add_logging_options,
+    install_stop_handlers,
+)
+from workers.commands.train import DATASETS, load_dataset
+from workers.core.synthetic import StreamSpec, SyntheticEvent, stream
+from workers.kafka_io.admin import create_missing_topics
+from workers.kafka_io.clients import AdminAccess, make_producer
+from workers.model_store import load_newest_good
+from workers.settings import SettingsError, add_option, kafka_config
+
+log = structlog.get_logger("scorestream.produce")
+
+
+def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN401 - argparse's
+    produce = commands.add_parser(
+        "produce",
+        help="send a synthetic feature stream and its delayed labels, at a set rate",
+        description="Feature events drawn from a bundled data set (the one --model was trained "
+        "on, or --dataset) with a little noise, at --rate per second, and for each a label "
+        "sent --label-delay-min-s to --label-delay-max-s later (event time follows the wall "
+        "clock). From --drift-at on, labels are flipped with probability 0.5: a concept "
+        "drift for the monitor to find. Runs until --events are sent (and their labels), or "
+        "until SIGTERM/SIGINT with --events 0.",
+    )
+    add_kafka_options(produce, environ)
+    add_option(produce, "--features-topic", environ=environ, default="features",
+               help="where feature events go")  # fmt: skip
+    add_option(produce, "--labels-topic", environ=environ, default="labels",
+               help="where labels go ('' for none)")  # fmt: skip
+    add_option(produce, "--model", environ=environ, type=Path,
+               help="models/NAME: use its features and the data set it was trained on")  # fmt: skip
+    add_option(produce, "--dataset", environ=environ, choices=sorted(DATASETS),
+               default="breast_cancer", help="data set when no --model is given")  # fmt: skip
+    add_option(produce, "--events", environ=environ, type=int, default=10_000,
+               help="how many events (0: until stopped)")  # fmt: skip
+    add_option(produce, "--rate", environ=environ, type=float, default=1000.0,
+               help="events per second")  # fmt: skip
+    add_option(produce, "--drift-at", environ=environ, type=int,
+               help="from this event on, labels flip with probability 0.5")  # fmt: skip
+    add_option(produce, "--label-delay-min-s", environ=environ, type=float, default=1.0,
+               help="shortest delay of a label after its event")  # fmt: skip
+    add_option(produce, "--label-delay-max-s", environ=environ, type=float, default=60.0,
+               help="longest delay of a label after its event")  # fmt: skip
+    add_option(produce, "--label-fraction", environ=environ, type=float, default=1.0,
+               help="share of events that ever get a label")  # fmt: skip
+    add_option(produce, "--prefix", environ=environ, default="evt", help="event_id prefix")
+    add_option(produce, "--seed", environ=environ, type=int, default=0, help="random seed")
+    add_option(produce, "--log-interval-s", environ=environ, type=float, default=5.0,
+               help="seconds between progress lines")  # fmt: skip
+    add_logging_options(produce, environ)
+    produce.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    if args.rate <= 0 or args.events < 0:
+        raise SettingsError("--rate must be > 0 and --events >= 0")
+    if not 0 <= args.label_delay_min_s <= args.label_delay_max_s:
+        raise SettingsError("need 0 <= --label-delay-min-s <= --label-delay-max-s")
+    dataset = args.dataset
+    if args.model is not None:
+        manifest = load_newest_good(args.model, None).manifest
+        dataset = manifest.raw.get("dataset") or dataset
+    data = load_dataset(dataset)
+    spec = StreamSpec(
+        features=data.features, rows=data.x, labels=data.y.astype("int64"), prefix=args.prefix,
+        seed=args.seed, drift_at=args.drift_at, label_fraction=args.label_fraction,
+        label_delay_ms=(int(args.label_delay_min_s * 1000), int(args.label_delay_max_s * 1000)),
+    )  # fmt: skip
+    settings = ProduceSettings(
+        bootstrap_servers=args.bootstrap_servers, features_topic=args.features_topic,
+        labels_topic=args.labels_topic or None, events=args.events, rate=args.rate, spec=spec,
+        kafka_config=kafka_config(args.kafka_config, args.kafka_config_file, environ),
+        log_interval_s=args.log_interval_s,
+    )  # fmt: skip
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    counts = run_produce(settings, stop)
+    return EXIT_ERROR if counts.failed else EXIT_OK
+
+
+@dataclass(frozen=True, slots=True)
+class ProduceSettings:
+    bootstrap_servers: str
+    features_topic: str
+    labels_topic: str | None
+    events: int  # 0: until stopped
+    rate: float  # events per second
+    spec: StreamSpec
+    kafka_config: dict[str, str]
+    partitions: int = 4
+    log_interval_s: float = 5.0
+    start_ms: int | None = None  # event time of the first event; None: now
+
+
+@dataclass(slots=True)
+class ProduceCounts:
+    events: int = 0
+    labels: int = 0
+    failed: int = 0
+
+
+def run_produce(
+    s: ProduceSettings, stop: threading.Event, counts: ProduceCounts | None = None
+) -> ProduceCounts:
+    """Send events at `rate` in event-time order; send each label when its delay has passed.
+    `counts` (updated as records are sent) lets a caller on another thread show progress."""
+    counts = ProduceCounts() if counts is None else counts
+
+    def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            counts.failed += 1
+
+    producer = make_producer(
+        s.bootstrap_servers, s.kafka_config, defaults={"linger.ms": 5},
+        required={"enable.idempotence": True, "acks": "all",
+                  "delivery.report.only.error": True, "on_delivery": on_delivery},
+        name="produce",
+    )  # fmt: skip
+    admin = AdminAccess(s.bootstrap_servers, s.kafka_config)
+    topics = {s.features_topic: s.partitions}
+    if s.labels_topic:
+        topics[s.labels_topic] = s.partitions
+    if not admin.retry_until_ready(
+        lambda config: create_missing_topics(s.bootstrap_servers, topics, client_config=config),
+        stop,
+        what="topics",
+    ):
+        return counts
+    pump = _Pump(
+        s,
+        producer,
+        counts,
+        stream(s.spec, s.start_ms or time.time_ns() // 1_000_000, 1000 / s.rate),
+    )
+    started, next_log = time.monotonic(), time.monotonic() + s.log_interval_s
+    log.info("produce_started", features_topic=s.features_topic, labels_topic=s.labels_topic,
+             events=s.events or "until stopped", rate=s.rate, drift_at=s.spec.drift_at)  # fmt: skip
+    while not stop.is_set():
+        due_events = int((time.monotonic() - started) * s.rate) + 1
+        pump.events_until(min(due_events, s.events) if s.events else due_events)
+        pump.labels_until(time.time_ns() // 1_000_000)
+        producer.poll(0)
+        if time.monotonic() >= next_log:
+            log.info("produce_progress", events=counts.events, labels=counts.labels,
+                     labels_waiting=len(pump.due_labels), failed=counts.failed)  # fmt: skip
+            next_log = time.monotonic() + s.log_interval_s
+        if s.events and counts.events >= s.events and not pump.due_labels:
+            break
+        stop.wait(0.01)
+    producer.flush(30)
+    log.info("produce_finished", events=counts.events, labels=counts.labels,
+             labels_not_sent=len(pump.due_labels), failed=counts.failed)  # fmt: skip
+    return counts
+
+
+class _Pump:
+    def __init__(
+        self,
+        settings: ProduceSettings,
+        producer: Producer,
+        counts: ProduceCounts,
+        events: Iterator[SyntheticEvent],
+    ) -> None:
+        self.s = settings
+        self.producer = producer
+        self.counts = counts
+        self.events = events
+        self.due_labels: list[tuple[int, int, SyntheticEvent]] = []  # (due ms, index, event)
+
+    def events_until(self, due: int) -> None:
+        s, counts = self.s, self.counts
+        while counts.events < due:
+            event = next(self.events)
+            key = event.event_id.encode()
+            _send(self.producer, s.features_topic, key, event.value, event.event_time)
+            counts.events += 1
+            if s.labels_topic and event.label_delay_ms is not None:
+                label_due = event.event_time + event.label_delay_ms
+                heapq.heappush(self.due_labels, (label_due, event.index, event))
+
+    def labels_until(self, now_ms: int) -> None:
+        topic = self.s.labels_topic
+        while topic and self.due_labels and self.due_labels[0][0] <= now_ms:
+            due, _, event = heapq.heappop(self.due_labels)
+            _send(self.producer, topic, event.event_id.encode(), event.label_value(), due)
+            self.counts.labels += 1
+
+
+def _send(producer: Producer, topic: str, key: bytes, value: bytes, timestamp: int) -> None:
+    while True:
+        try:
+            producer.produce(topic, value, key, timestamp=timestamp)
+        except BufferError:
+            producer.poll(0.05)
+            continue
+        return
