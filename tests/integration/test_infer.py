@@ -187,8 +187,8 @@ def test_valid_events_are_scored_and_every_bad_one_is_dead_lettered(  # noqa: PL
 
     # The summary counts by reason; no log line per message.
     summary = worker.events("infer_summary")[-1]
-    assert summary["scored"] == 10_000
-    assert sum(summary["dead_letters"].values()) == len(bad)
+    assert summary["scored_total"] == 10_000
+    assert sum(summary["dead_letters_total"].values()) == len(bad)
     assert len(worker.lines) < 100
     assert metrics["scorestream_predictions_total", ()] == 10_000
     assert metrics["scorestream_events_consumed_total", ()] == 10_000 + len(bad)
@@ -309,3 +309,34 @@ def test_a_failed_delivery_never_advances_the_offset(
     assert {r.json()["event_id"] for r in predictions} == {f"f-{i}" for i in range(500)}
     backoffs = [e["retry_in_s"] for e in worker.events("delivery_failed")]
     assert backoffs == sorted(backoffs)  # growing, not a tight loop
+
+
+def test_a_worker_started_before_its_input_topic_waits_and_says_so(
+    kafka: KafkaUnderTest, registry: Path, new_topic: TopicFactory
+) -> None:
+    model_dir = registry / "bc"
+    features = load_version(model_dir / "1").manifest.features
+    run = uuid.uuid4().hex[:8]
+    topics = {"in": f"t-late-in-{run}", "out": f"t-late-out-{run}", "dlq": new_topic(1, "-dlq")}
+    worker = WorkerProcess(*infer_args(kafka, model_dir, topics))
+    try:
+        missing = worker.wait_for("input_topic_missing")
+        assert missing["topic"] == topics["in"]
+        assert "scorestream topics create" in missing["fix"]
+        assert worker.events("kafka_client_error") == []  # no UNKNOWN_TOPIC "failure"
+        create_topics(kafka.bootstrap_servers, {topics["in"]: 3})
+        worker.wait_for("input_topic_found", timeout_s=30)
+        worker.wait_for("infer_started")
+        produce_all(
+            kafka.bootstrap_servers, topics["in"], events(feature_rows(50, 9), features, "l")
+        )
+        predictions = read_topic(kafka.bootstrap_servers, topics["out"], 50)
+    finally:
+        code, _ = worker.stop()
+    assert code == 0
+    assert len({r.json()["event_id"] for r in predictions}) == 50
+    # The output was made to match the input's partitions once the input existed.
+    from workers.kafka_io.admin import list_topics  # noqa: PLC0415
+
+    listed = list_topics(kafka.bootstrap_servers, None, timeout_s=10).topics
+    assert len(listed[topics["out"]].partitions) == 3

@@ -6,6 +6,7 @@ import json
 import random
 import signal
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -287,9 +288,29 @@ def test_topics_with_different_partition_counts_are_refused(
     }
     assert main(monitor_args(kafka, topics, tmp_path)) == 1
     err = capsys.readouterr().err
-    assert "same partition count" in err
-    assert "has 4" in err
-    assert "has 2" in err
+    assert "need the same count" in err
+    assert f"{topics['predictions']!r} has 4" in err
+    assert f"{topics['labels']!r} has 2" in err
+    assert "scorestream topics create" in err
+    assert "--partitions 4" in err
+
+
+def test_a_missing_labels_topic_is_named_with_its_count_and_the_command(
+    kafka: KafkaUnderTest,
+    new_topic: TopicFactory,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    topics = {
+        "predictions": new_topic(3, "-pred"),
+        "labels": f"never-made-{uuid.uuid4().hex[:8]}",
+        "alerts": new_topic(1, "-alerts"),
+    }
+    assert main(monitor_args(kafka, topics, tmp_path)) == 1
+    err = capsys.readouterr().err
+    assert f"topic {topics['labels']!r} does not exist" in err
+    assert f"create it with 3 partitions, as many as {topics['predictions']!r} has" in err
+    assert f"--labels-topic {topics['labels']} --partitions 3" in err
 
 
 def sum_of_last(workers: list[WorkerProcess], key: str) -> int:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -93,3 +95,23 @@ def test_a_prediction_without_probabilities_omits_the_field() -> None:
 
     [raw] = encode_predictions([Prediction("e", "m", 2, "spam", 0.5, 5, 6)])
     assert "probabilities" not in json.loads(raw)
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+EXAMPLE = re.compile(r"<!-- schema: (?P<name>\w+) -->\n```json\n(?P<body>.*?)\n```", re.DOTALL)
+
+
+def test_every_message_example_in_the_readme_validates_against_its_schema() -> None:
+    examples = {m["name"]: json.loads(m["body"]) for m in EXAMPLE.finditer(README.read_text())}
+    assert set(examples) == {"feature_event", "prediction", "label", "alert"}
+    for name, example in examples.items():
+        jsonschema.validate(example, load_schema(name))
+
+
+def test_the_readme_feature_event_example_decodes_for_the_model_it_names() -> None:
+    body = next(
+        m["body"] for m in EXAMPLE.finditer(README.read_text()) if m["name"] == "feature_event"
+    )
+    features = list(json.loads(body)["features"])
+    decoded = EventDecoder(features).decode(body.encode())
+    assert not isinstance(decoded, InvalidEvent), decoded

@@ -2,4 +2,4 @@
 its flags and sets `handler` to its `run(args, environ) -> exit code`."""
 
 # In the order `scorestream --help` lists them: adding a verb is one module and one name here.
-COMMANDS = ("broker", "demo", "train", "infer", "monitor", "bench", "produce", "report")
+COMMANDS = ("broker", "topics", "demo", "train", "infer", "monitor", "bench", "produce", "report")

@@ -252,7 +252,7 @@ def _follow(
         for tail in tails:
             tail.read()
         progress.sent, progress.labels = counts.events, counts.labels
-        progress.scored = int(infer.latest.get("infer_summary", {}).get("scored", 0))
+        progress.scored = int(infer.latest.get("infer_summary", {}).get("scored_total", 0))
         summary = monitor.latest.get("monitor_summary", {})
         progress.joined = int(summary.get("joined", 0))
         versions: dict[str, dict[str, Any]] = summary.get("versions") or {}

@@ -69,7 +69,9 @@ def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN4
         environ=environ,
         type=positive_int,
         default=1000,
-        help="joined outcomes in the rolling accuracy window",
+        help="joined outcomes in the rolling accuracy window; until it fills, accuracy is over "
+        "every outcome so far, so in a run of a few hundred events a late drop is diluted: "
+        "use a window (and --min-outcomes) that fits the run",
     )
     add_option(
         monitor,
@@ -85,7 +87,8 @@ def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN4
         environ=environ,
         type=positive_int,
         default=100,
-        help="outcomes in the window before the first accuracy verdict",
+        help="outcomes in the window before the first accuracy verdict (accuracy alerts need "
+        "at least this many joined outcomes of a version)",
     )
     add_option(
         monitor,

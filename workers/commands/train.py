@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ import numpy.typing as npt
 import structlog
 
 from workers.commands.shared import EXIT_OK, add_logging_options
+from workers.core.events import snake_case
 from workers.core.feature_summary import summarize_features
 from workers.core.scoring import Label
 from workers.model_store import ARTIFACT, MANIFEST, list_versions, register, sha256_hex
@@ -35,10 +35,6 @@ class Dataset:
     features: list[str]
     x: npt.NDArray[np.float64]
     y: npt.NDArray[Any]
-
-
-def snake_case(name: str) -> str:
-    return re.sub(r"[^0-9a-z]+", "_", name.strip().lower()).strip("_")
 
 
 def load_dataset(name: str) -> Dataset:

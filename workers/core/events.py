@@ -27,6 +27,18 @@ EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_EVENT_ID_CHAR
 EpochMillis = Annotated[int, msgspec.Meta(ge=0)]
 
 _PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_MALFORMED_AT = re.compile(r"^JSON is malformed: invalid character \(byte (?P<byte>\d+)\)$")
+# How many missing features a dead letter's message names; the count says how many more.
+MISSING_NAMED: Final = 10
+NOT_JSON_NUMBER: Final = (
+    "NaN and Infinity are not JSON (byte {byte}): send a finite number (Python's json.dumps "
+    "writes NaN for a float nan unless told allow_nan=False, which refuses it before sending)"
+)
+
+
+def snake_case(name: str) -> str:
+    """`mean radius` -> `mean_radius`: how `scorestream train` names a data set's columns."""
+    return re.sub(r"[^0-9a-z]+", "_", name.strip().lower()).strip("_")
 
 
 class ErrorType(StrEnum):
@@ -154,7 +166,7 @@ class EventDecoder:
         except RecursionError:
             return InvalidEvent(ErrorType.DECODE, "JSON nested too deeply")
         except (msgspec.DecodeError, ValueError) as exc:  # malformed JSON, invalid UTF-8
-            return InvalidEvent(ErrorType.DECODE, str(exc) or type(exc).__name__)
+            return _malformed(value, exc)
         return event.event_id, self._astuple(event.features), event.event_time
 
     def colons(self, event_id: str, event_time: int | None) -> int:
@@ -192,7 +204,7 @@ class EventDecoder:
         runs only for invalid events.
         """
         try:
-            self._envelope.decode(value)
+            envelope: Any = self._envelope.decode(value)
         except msgspec.ValidationError as exc:
             envelope_error = _classify(str(exc))
             if envelope_error.error_type == ErrorType.SCHEMA:
@@ -201,8 +213,42 @@ class EventDecoder:
         except RecursionError:
             return InvalidEvent(ErrorType.DECODE, "JSON nested too deeply")
         except (msgspec.DecodeError, ValueError) as exc:
-            return InvalidEvent(ErrorType.DECODE, str(exc) or type(exc).__name__)
+            return _malformed(value, exc)
+        else:
+            missing = [name for name in self.features if name not in envelope.features]
+            if missing:
+                return self._missing(missing, envelope.features)
         return _classify(message)
+
+    def _missing(self, missing: list[str], present: dict[str, Any]) -> InvalidEvent:
+        """Name every missing feature (up to MISSING_NAMED), and say when the event has them
+        under other spellings ("mean radius" for the manifest's "mean_radius")."""
+        named = ", ".join(repr(name) for name in missing[:MISSING_NAMED])
+        more = len(missing) - MISSING_NAMED
+        message = (
+            f"features missing: {named}{f' and {more} more' if more > 0 else ''} "
+            f"({len(missing)} of the model's {len(self.features)})"
+        )
+        spelled = {snake_case(key) for key in present}
+        respelled = [name for name in missing if snake_case(name) in spelled]
+        if respelled:
+            message += (
+                f"; {len(respelled)} of them are in the event spelled differently: send the "
+                f"names as the model's manifest lists them (e.g. {respelled[0]!r})"
+            )
+        return InvalidEvent(ErrorType.FEATURES, message)
+
+
+def _malformed(value: bytes, exc: Exception) -> InvalidEvent:
+    """Not JSON. NaN and Infinity, which Python's json module writes by default, get a message
+    that says what to send instead."""
+    message = str(exc) or type(exc).__name__
+    at = _MALFORMED_AT.match(message)
+    if at is not None:
+        byte = int(at.group("byte"))
+        if value[byte : byte + 3] == b"NaN" or value[byte : byte + 8] == b"Infinity":
+            return InvalidEvent(ErrorType.DECODE, NOT_JSON_NUMBER.format(byte=byte))
+    return InvalidEvent(ErrorType.DECODE, message)
 
 
 DUPLICATE_KEY: Final = InvalidEvent(ErrorType.SCHEMA, "a key appears twice in one JSON object")
@@ -228,7 +274,11 @@ _SAFE_MESSAGES: Final = re.compile(
     r"|value of \d+ bytes exceeds the limit of \d+|empty message \(null value / tombstone\)"
     r"|JSON nested too deeply|a key appears twice in one JSON object"
     r"|\d+ keys in features, more than the limit of \d+"
-    r"|feature `[^`]*` is not a finite number)"
+    r"|feature `[^`]*` is not a finite number"
+    r"|features missing: `[^`]*`(, `[^`]*`)*( and \d+ more)? \(\d+ of the model`s \d+\)"
+    r"(; \d+ of them are in the event spelled differently: send the names as the model`s "
+    r"manifest lists them \(e\.g\. `[^`]*`\))?"
+    r"|" + re.escape(NOT_JSON_NUMBER.replace("'", "`")).replace(r"\{byte\}", r"\d+") + ")"
 )
 
 

@@ -181,7 +181,8 @@ class MonitorState:
                 "precision": snap.precision,
                 "recall": snap.recall,
                 "f1": snap.f1,
-                "reference_accuracy": snap.reference_accuracy,
+                # The version's first `window` outcomes: what alerts call baseline_accuracy.
+                "baseline_accuracy": snap.reference_accuracy,
                 "last_time_window_accuracy": (
                     snap.time_window_accuracy[max(snap.time_window_accuracy)]
                     if snap.time_window_accuracy

@@ -14,6 +14,27 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 log = structlog.get_logger("scorestream.kafka")
 
+# A broker that has just started loads its group and transaction coordinators' state for a
+# few seconds and answers with these meanwhile: expected, retried, not a failure.
+COORDINATOR_LOADING = frozenset(
+    {
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+    }
+)
+
+
+def log_coordinator_loading(what: str, reason: str, retry_in_s: float) -> None:
+    log.info(
+        "kafka_coordinator_loading",
+        what=what,
+        reason=reason,
+        retry_in_s=retry_in_s,
+        note="normal for a few seconds after a broker starts; retrying",
+    )
+
+
 # Settings whose values must never reach a log line.
 SECRET_MARKERS = ("password", "secret", "sasl.oauthbearer.config", "key.pem", "token")
 
@@ -65,6 +86,9 @@ class ErrorReporter:
     def __call__(self, err: KafkaError) -> None:
         now = time.monotonic()
         code = err.code()
+        if code in COORDINATOR_LOADING and not err.fatal():
+            log_coordinator_loading(self.client, err.str(), retry_in_s=0)
+            return
         if err.fatal() or now - self._last.get(code, -1e9) >= self.interval_s:
             log.warning(
                 "kafka_client_error",
@@ -213,6 +237,11 @@ def retry_until_ready(  # noqa: PLR0913 - the call, its name and how to diagnose
                 raise
             if recover is not None:
                 recover(err)
+            if err is not None and err.code() in COORDINATOR_LOADING:
+                log_coordinator_loading(what, err.str(), backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, max_backoff_s)
+                continue
             reason = err.str() if err is not None else "timed out"
             cause = last_error.take() if last_error is not None else None
             if cause and cause not in reason:

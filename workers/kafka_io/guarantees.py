@@ -33,10 +33,12 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from workers.kafka_io.clients import (
+    COORDINATOR_LOADING,
     TXN_CALL_LIMIT_S,
     CallStuck,
     bounded_call,
     init_transactions,
+    log_coordinator_loading,
     make_producer,
 )
 from workers.kafka_io.infer_settings import InferSettings
@@ -450,7 +452,10 @@ class ExactlyOnce(Guarantee):
                 err = exc.args[0]
                 if not err.retriable() or attempt == 2:
                     raise
-                log.warning("transaction_call_retried", code=err.name(), reason=err.str())
+                if err.code() in COORDINATOR_LOADING:
+                    log_coordinator_loading("transaction", err.str(), 0.1 * 2**attempt)
+                else:
+                    log.warning("transaction_call_retried", code=err.name(), reason=err.str())
                 time.sleep(min(0.1 * 2**attempt, 2.0))
             else:
                 return

@@ -161,13 +161,16 @@ class InferenceWorker:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def ensure_output_topics(self, admin_config: dict[str, Any]) -> None:
-        """Create missing output topics with the input's partition count (laptop default)."""
+    def ensure_output_topics(self, admin_config: dict[str, Any]) -> bool:
+        """Create missing output topics with the input's partition count (laptop default);
+        False while the input topic does not exist (nothing is created then)."""
         s = self.settings
         # Short: an unreachable cluster is retried (with backoff and a log line) by the caller.
         existing = list_topics(s.bootstrap_servers, admin_config, timeout_s=5)
         source = existing.topics.get(s.input_topic)
-        partitions = len(source.partitions) if source is not None and source.partitions else 4
+        if source is None or source.error is not None or not source.partitions:
+            return False
+        partitions = len(source.partitions)
         created = []
         # The DLQ has room for any input value plus the error headers.
         for topic, config in (
@@ -180,6 +183,7 @@ class InferenceWorker:
                 created.append(topic)
         if created:
             log.info("topics_created", topics=sorted(created))
+        return True
 
     def run(self, stop: threading.Event) -> None:
         s = self.settings
@@ -249,8 +253,38 @@ class InferenceWorker:
                 next_summary = time.monotonic() + s.log_interval_s
 
     def _connect(self, stop: threading.Event) -> bool:
-        ready = self._admin.retry_until_ready(self.ensure_output_topics, stop, what="topics")
-        return ready and self.delivery.connect(stop)
+        return self._wait_for_input_topic(stop) and self.delivery.connect(stop)
+
+    def _wait_for_input_topic(self, stop: threading.Event) -> bool:
+        """Until the input topic exists: a worker started before its topic (or its producers)
+        waits and says so, rather than failing; then its outputs are created to match."""
+        s = self.settings
+        said_at = -1e9
+        found: list[bool] = []
+        while not stop.is_set():
+            found.clear()
+            if not self._admin.retry_until_ready(
+                lambda config: found.append(self.ensure_output_topics(config)), stop,
+                what="topics",
+            ):  # fmt: skip
+                return False
+            if found and found[0]:
+                if said_at > -1e9:
+                    log.info("input_topic_found", topic=s.input_topic)
+                return True
+            if time.monotonic() - said_at >= 30:
+                said_at = time.monotonic()
+                log.warning(
+                    "input_topic_missing",
+                    topic=s.input_topic,
+                    bootstrap_servers=s.bootstrap_servers,
+                    action="waiting for it, checking every 2 s",
+                    fix=f"create it (`scorestream topics create --features-topic "
+                    f"{s.input_topic}` creates the whole set) or start its producers if the "
+                    "cluster creates topics on first write",
+                )
+            stop.wait(2.0)
+        return False
 
     def _process(self, msgs: list[Message]) -> None:
         records = [m for m in msgs if m.error() is None]
@@ -370,17 +404,20 @@ class InferenceWorker:
         interval = now - stats.since
         consumed = stats.consumed - stats.consumed_at_last
         lag = self._refresh_metrics()
+        # `*_total` and the batch sizes count since the worker started; `interval_*` the
+        # time since the previous summary; `lag` is now.
         log.info(
             "infer_summary",
-            consumed=stats.consumed,
-            scored=stats.scored,
-            dead_letters=dict(stats.dead_letters),
-            batches=stats.batches,
+            consumed_total=stats.consumed,
+            scored_total=stats.scored,
+            dead_letters_total=dict(stats.dead_letters),
+            batches_total=stats.batches,
+            rewinds_total=self.delivery.rewinds,
             max_batch=stats.max_batch,
             mean_batch=round(stats.consumed / stats.batches, 1) if stats.batches else 0,
-            events_per_s=round(consumed / interval, 1) if interval > 0 else 0,
+            interval_s=round(interval, 1),
+            interval_events_per_s=round(consumed / interval, 1) if interval > 0 else 0,
             lag=lag,
-            rewinds=self.delivery.rewinds,
             model_version=self.model.version,
         )
         stats.since, stats.consumed_at_last = now, stats.consumed
@@ -394,4 +431,9 @@ class InferenceWorker:
             self.delivery.producer.flush(10)
             if self.watcher is not None:
                 self.watcher.stop()
-            log.info("infer_stopped", consumed=self.stats.consumed, scored=self.stats.scored)
+            log.info(
+                "infer_stopped",
+                consumed_total=self.stats.consumed,
+                scored_total=self.stats.scored,
+                dead_letters_total=dict(self.stats.dead_letters),
+            )

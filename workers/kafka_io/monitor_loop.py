@@ -69,6 +69,15 @@ def _published_seqs(settings: MonitorSettings, transactional_id: str, since_ms: 
 
 
 alert_log = structlog.get_logger("scorestream.alert")
+LOG_LEVEL_OF_SEVERITY = {"warning": "warning", "critical": "critical"}
+
+
+def _starting_at(tp: TopicPartition) -> str:
+    """`predictions[3] from offset 1200 (checkpoint)`, for a person to read."""
+    where = f"{tp.topic}[{tp.partition}]"
+    if tp.offset >= 0:
+        return f"{where} from offset {tp.offset} (checkpoint)"
+    return f"{where} from the committed offset (the earliest when none)"
 
 
 class MonitorStartupError(Exception):
@@ -107,22 +116,43 @@ def check_partition_counts(
     extra: dict[str, Any] = dict(settings.kafka_config if admin_config is None else admin_config)
     # Short: an unreachable cluster is retried (with backoff and a log line) by the caller.
     topics = list_topics(settings.bootstrap_servers, extra, timeout_s=10).topics
-    counts = {}
-    for topic in (settings.predictions_topic, settings.labels_topic):
-        meta = topics.get(topic)
-        if meta is None or meta.error is not None or not meta.partitions:
+    joined = (settings.predictions_topic, settings.labels_topic)
+    counts = {
+        name: len(meta.partitions)
+        for name in joined
+        if (meta := topics.get(name)) is not None and meta.error is None and meta.partitions
+    }
+    create = (
+        f"scorestream topics create --bootstrap-servers {settings.bootstrap_servers} "
+        f"--predictions-topic {settings.predictions_topic} "
+        f"--labels-topic {settings.labels_topic} --partitions {{n}}"
+    )
+    for name, other in (joined, joined[::-1]):
+        if name in counts:
+            continue
+        if other in counts:
             raise MonitorStartupError(
-                f"topic {topic!r} does not exist at {settings.bootstrap_servers}: create it "
-                "with as many partitions as the other one, or start `scorestream infer` first"
+                f"topic {name!r} does not exist at {settings.bootstrap_servers}: create it with "
+                f"{counts[other]} partitions, as many as {other!r} has (the monitor joins "
+                f"partition i of one with partition i of the other): "
+                f"`{create.format(n=counts[other])}`"
             )
-        counts[topic] = len(meta.partitions)
-    if len(set(counts.values())) != 1:
-        detail = ", ".join(f"{t} has {n}" for t, n in counts.items())
         raise MonitorStartupError(
-            f"predictions and labels must have the same partition count so that an event's "
-            f"prediction and label meet in one partition ({detail}): repartition one of them"
+            f"topics {name!r} and {other!r} do not exist at {settings.bootstrap_servers}: "
+            f"create both with the same partition count, e.g. `{create.format(n=4)}` (or "
+            "start `scorestream infer`, which creates its predictions topic, and create the "
+            "labels topic with as many partitions)"
         )
-    return next(iter(counts.values()))
+    if len(set(counts.values())) != 1:
+        detail = " and ".join(f"{t!r} has {n}" for t, n in counts.items())
+        most = max(counts.values())
+        raise MonitorStartupError(
+            f"{detail} partitions: the monitor joins partition i of one with partition i of "
+            f"the other, so they need the same count. Raise the smaller to {most} "
+            f"(kafka-topics.sh --alter --partitions {most}) or recreate both: "
+            f"`{create.format(n=most)}`"
+        )
+    return counts[settings.predictions_topic]
 
 
 class MonitorWorker:
@@ -291,10 +321,7 @@ class MonitorWorker:
                     self.state.joins[tp.partition] = join
         consumer.assign(partitions)
         self._assigned = True
-        log.info(
-            "partitions_assigned",
-            partitions=[f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in partitions],
-        )
+        log.info("partitions_assigned", partitions=[_starting_at(tp) for tp in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.checkpoint()
@@ -364,7 +391,9 @@ class MonitorWorker:
                 self.store.close()
                 if server is not None:
                     server.stop()
-                log.info("monitor_stopped", **self.state.counters())
+                # The partitions were handed back on close, their buffers with them: the last
+                # summary's counters are the run's.
+                log.info("monitor_stopped", **self.last_counters)
 
     def _loop(self, stop: threading.Event) -> None:
         s = self.settings
@@ -426,7 +455,10 @@ class MonitorWorker:
             alert = redacted(alert)
         fields: dict[str, Any] = {k: v for k, v in alert.fields().items() if v is not None}
         name = fields.pop("alert")
-        alert_log.warning(name, alert=name, **fields)
+        # A log filter on level must catch a critical alert: the level is its severity.
+        getattr(alert_log, LOG_LEVEL_OF_SEVERITY.get(alert.severity, "warning"))(
+            name, alert=name, **fields
+        )
         self.metrics.alerts.labels(name).inc()
         encoded = msgspec.json.encode(alert)
         if self.settings.exactly_once:

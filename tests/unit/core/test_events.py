@@ -3,7 +3,13 @@ from __future__ import annotations
 import pytest
 
 from tests.corpus import BAD, FEATURES, GOOD, Case, event
-from workers.core.events import ErrorType, EventDecoder, InvalidEvent
+from workers.core.events import (
+    MISSING_NAMED,
+    ErrorType,
+    EventDecoder,
+    InvalidEvent,
+    redacted_message,
+)
 
 DECODER = EventDecoder(FEATURES)
 
@@ -58,3 +64,54 @@ def test_impossible_feature_lists_are_refused(features: tuple[str, ...]) -> None
 def test_corpus_is_large_enough() -> None:
     assert len(BAD) >= 30
     assert {c.expected for c in BAD} == {ErrorType.DECODE, ErrorType.SCHEMA, ErrorType.FEATURES}
+
+
+@pytest.mark.parametrize("token", [b"NaN", b"Infinity", b"-Infinity"])
+def test_nan_and_infinity_say_they_are_not_json_and_what_to_send(token: bytes) -> None:
+    # What Python's json.dumps writes for float("nan") and float("inf").
+    value = b'{"event_id": "e", "features": {"mean radius": ' + token + b', "b": 1, "c": 2}}'
+    decoded = DECODER.decode(value)
+    assert isinstance(decoded, InvalidEvent)
+    assert decoded.error_type == ErrorType.DECODE
+    assert "NaN and Infinity are not JSON" in decoded.message
+    assert "send a finite number" in decoded.message
+    assert "allow_nan=False" in decoded.message
+
+
+def test_other_malformed_json_keeps_the_parsers_words() -> None:
+    decoded = DECODER.decode(b'{"event_id": "e", "features": {"b": nope}}')
+    assert isinstance(decoded, InvalidEvent)
+    assert decoded.message.startswith("JSON is malformed: invalid character")
+
+
+def test_every_missing_feature_is_named_up_to_a_bound() -> None:
+    names = [f"feature_{i:02d}" for i in range(30)]
+    decoder = EventDecoder(names)
+    decoded = decoder.decode(b'{"event_id": "e", "features": {"feature_07": 1}}')
+    assert isinstance(decoded, InvalidEvent)
+    assert decoded.error_type == ErrorType.FEATURES
+    missing = [n for n in names if n != "feature_07"]
+    for name in missing[:MISSING_NAMED]:
+        assert repr(name) in decoded.message
+    assert repr(missing[MISSING_NAMED]) not in decoded.message
+    assert f"and {29 - MISSING_NAMED} more (29 of the model's 30)" in decoded.message
+
+
+def test_features_spelled_as_in_the_data_set_are_pointed_at_the_manifests_names() -> None:
+    decoder = EventDecoder(["mean_radius", "mean_texture"])
+    value = b'{"event_id": "e", "features": {"mean radius": 1, "Mean Texture": 2}}'
+    decoded = decoder.decode(value)
+    assert isinstance(decoded, InvalidEvent)
+    assert "2 of them are in the event spelled differently" in decoded.message
+    assert "as the model's manifest lists them (e.g. 'mean_radius')" in decoded.message
+
+
+def test_the_new_messages_quote_nothing_of_the_event_so_redaction_keeps_them() -> None:
+    values = [
+        b'{"event_id": "e", "features": {"mean radius": NaN, "b": 1, "c": 2}}',
+        b'{"event_id": "e", "features": {"b": 1}}',
+    ]
+    for value in values:
+        decoded = DECODER.decode(value)
+        assert isinstance(decoded, InvalidEvent)
+        assert redacted_message(decoded) == decoded.message
