@@ -218,8 +218,9 @@ def _feed(  # noqa: PLR0913, PLR0917
     done: threading.Event,
 ) -> None:
     """Produce the three streams at a steady pace over `seconds` (acks=all, idempotent)."""
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
-                         "acks": "all", "linger.ms": 5})  # fmt: skip
+    # Predictions keyed as infer keys them (murmur2); the monitor re-keys the labels.
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
+                         "linger.ms": 5, "partitioner": "murmur2_random"})  # fmt: skip
     steps = max(1, int(seconds * 10))
     parts = [(t["in"], stream), (t["pred"], truth.predictions), (t["lab"], truth.labels)]
     start = time.monotonic()

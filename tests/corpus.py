@@ -120,6 +120,13 @@ BAD = [
         ErrorType.SCHEMA,
     ),
     Case(
+        # The colon in the event_id is escaped: a count of raw colons misses it and would let
+        # the repeated feature through, scored with its last value.
+        "duplicate key beside an escaped colon",
+        b'{"event_id": "a\\u003ab", "features": {"mean radius": 1, "b": 2, "b": 5, "c": 3}}',
+        ErrorType.SCHEMA,
+    ),
+    Case(
         "duplicate key with spaces",
         b'{"event_id" : "a", "features" : {"mean radius" : 1, "b" : 2, "b" : 2, "c" : 3}}',
         ErrorType.SCHEMA,

@@ -26,7 +26,13 @@ CREATE TABLE IF NOT EXISTS offsets (
     topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
     PRIMARY KEY (topic, partition)
 );
+CREATE TABLE IF NOT EXISTS owners (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, instance TEXT NOT NULL,
+    generation INTEGER NOT NULL, PRIMARY KEY (topic, partition)
+);
 """
+
+TopicPartitionKey = tuple[str, int]
 
 
 class CheckpointError(Exception):
@@ -64,18 +70,45 @@ class CheckpointStore:
                 "pass another --state-dir, or delete it to start over"
             )
 
+    def claim(self, partitions: Sequence[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
+        """Take these partitions for this instance: each gets a new generation, so a save by
+        an instance that held them before (stalled, then woken) can tell they are not its."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            claims = {}
+            for topic, partition in partitions:
+                row = db.execute(
+                    "SELECT generation FROM owners WHERE topic = ? AND partition = ?",
+                    (topic, partition),
+                ).fetchone()
+                generation = 1 if row is None else int(row[0]) + 1
+                db.execute(
+                    "INSERT OR REPLACE INTO owners VALUES (?, ?, ?, ?)",
+                    (topic, partition, self.instance, generation),
+                )
+                claims[(topic, partition)] = generation
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return claims
+
     def save(
         self,
         global_state: Any,  # noqa: ANN401 - pickled as it is
         partitions: Mapping[int, Any],
         offsets: Mapping[tuple[str, int], int],
         outbox: Sequence[tuple[bytes | None, bytes, int]] = (),
-    ) -> None:
+        owned: Mapping[TopicPartitionKey, int] | None = None,
+    ) -> bool:
         """Write everything in one transaction: all of it is stored, or none of it.
 
         `outbox`: alerts (key, value, created_at ms) raised by the state being saved, kept
         until they are published (exactly-once: the state that fired them and the duty to
-        publish them are stored together)."""
+        publish them are stored together). `owned`: the partitions this instance claimed,
+        with their generations; when another instance has claimed one since, nothing is
+        written and False is returned (the caller's state is stale)."""
         blob = pickle.dumps(global_state, protocol=pickle.HIGHEST_PROTOCOL)
         rows = [
             (p, pickle.dumps(s, protocol=pickle.HIGHEST_PROTOCOL)) for p, s in partitions.items()
@@ -83,6 +116,9 @@ class CheckpointStore:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
+            if owned is not None and not self._still_owned(owned):
+                db.execute("ROLLBACK")
+                return False
             db.execute("INSERT OR REPLACE INTO instance_state VALUES (?, ?)", (self.instance, blob))
             db.executemany("INSERT OR REPLACE INTO partition_state VALUES (?, ?)", rows)
             db.executemany(
@@ -97,6 +133,17 @@ class CheckpointStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        return True
+
+    def _still_owned(self, owned: Mapping[TopicPartitionKey, int]) -> bool:
+        for (topic, partition), generation in owned.items():
+            row = self._db.execute(
+                "SELECT instance, generation FROM owners WHERE topic = ? AND partition = ?",
+                (topic, partition),
+            ).fetchone()
+            if row is None or (row[0], int(row[1])) != (self.instance, generation):
+                return False
+        return True
 
     def load_global(self) -> Any:  # noqa: ANN401
         row = self._db.execute(

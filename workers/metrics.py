@@ -92,6 +92,8 @@ MONITOR_OUTCOMES = (
     "duplicate_labels",
     "invalid_predictions",
     "invalid_labels",
+    "times_clamped",
+    "forward_replays",
 )
 
 

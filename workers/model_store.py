@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import math
+import re
 import shutil
 import threading
 import uuid
@@ -23,6 +24,7 @@ import joblib
 import numpy as np
 import structlog
 
+from workers.core.events import ClassLabelError
 from workers.core.scoring import (
     Label,
     RiverClassifierScorer,
@@ -99,6 +101,9 @@ class LoadedModel:
         return self.manifest.version
 
 
+_VERSION_NAME = re.compile(r"[0-9]+")
+
+
 def list_versions(model_dir: Path) -> list[int]:
     """Versions present under a model folder, ascending (only integer folders with a manifest)."""
     if not model_dir.is_dir():
@@ -106,7 +111,10 @@ def list_versions(model_dir: Path) -> list[int]:
     return sorted(
         int(child.name)
         for child in model_dir.iterdir()
-        if child.name.isdigit() and int(child.name) > 0 and (child / MANIFEST).is_file()
+        # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+        if _VERSION_NAME.fullmatch(child.name)
+        and int(child.name) > 0
+        and (child / MANIFEST).is_file()
     )
 
 
@@ -202,7 +210,10 @@ def make_scorer(manifest: Manifest, model: Any) -> Scorer:  # noqa: ANN401
             f"{manifest.name} v{manifest.version}: model expects {n_features} features, "
             f"manifest lists {len(manifest.features)}"
         )
-    return SklearnClassifierScorer(model, manifest.features)
+    try:
+        return SklearnClassifierScorer(model, manifest.features)
+    except ClassLabelError as exc:
+        raise ModelError(f"{manifest.name} v{manifest.version}: {exc}") from exc
 
 
 def _probe(manifest: Manifest, scorer: Scorer, where: Path) -> None:
@@ -318,14 +329,22 @@ class ModelWatcher:
         self._thread.join(timeout=10)
 
     def take_ready(self) -> LoadedModel | None:
-        """Return a newer verified version once, or None; called by the loop between batches."""
+        """Return a newer verified version once, or None; called by the loop between batches.
+        The loop answers with `accepted` or `refused`: only an accepted version is serving."""
         if self._ready is None:  # cheap unlocked check on the hot path
             return None
         with self._lock:
             ready, self._ready = self._ready, None
-        if ready is not None:
-            self._serving = ready.manifest
         return ready
+
+    def accepted(self, manifest: Manifest) -> None:
+        """The loop serves this version now: newer ones are checked against it."""
+        self._serving = manifest
+
+    def refused(self, loaded: LoadedModel) -> None:
+        """The loop could not serve this version: not offered again until its files change,
+        and newer versions are still checked against the one that is serving."""
+        self._refused[loaded.manifest.version] = _stamp(loaded.path)
 
     def check_once(self) -> None:
         with self._lock:

@@ -159,6 +159,7 @@ def test_both_workers_series_move(stack: Stack) -> None:
         ("infer", "scorestream_batch_seconds_count", ()),
         ("monitor", "scorestream_monitor_consumed_total", (("stream", "predictions"),)),
         ("monitor", "scorestream_monitor_consumed_total", (("stream", "labels"),)),
+        ("monitor", "scorestream_monitor_consumed_total", (("stream", "labels_repartitioned"),)),
         ("monitor", "scorestream_monitor_consumed_total", (("stream", "features"),)),
         ("monitor", "scorestream_monitor_outcomes_total", (("outcome", "joined"),)),
         ("monitor", "scorestream_monitor_version_joined_total", BC_V1),
@@ -170,7 +171,8 @@ def test_both_workers_series_move(stack: Stack) -> None:
     assert infer["scorestream_dead_letters_total", (("reason", "schema"),)] >= 1
     assert infer["scorestream_model_version", (("model", "bc"),)] == 1
     assert _series(infer, "scorestream_consumer_lag") == 4  # one per input partition
-    assert _series(monitor, "scorestream_consumer_lag") == 12  # three topics of four
+    # Four topics of four partitions: predictions, labels, the labels re-keyed, features.
+    assert _series(monitor, "scorestream_consumer_lag") == 16
     accuracy = monitor["scorestream_rolling_accuracy", BC_V1]
     assert 0.0 <= accuracy <= 1.0
     assert _series(monitor, "scorestream_alerts_total") == 4  # every alert type, from 0

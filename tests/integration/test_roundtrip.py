@@ -7,11 +7,13 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaError, Producer
+import pytest
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from tests.conftest import KafkaUnderTest, TopicFactory
 from workers.kafka_io.admin import cluster_id
 from workers.kafka_io.clients import next_batch
+from workers.kafka_io.roundtrip import produce_all
 from workers.local_kafka.cluster import read_pid
 
 MESSAGES = 10_000
@@ -139,5 +141,38 @@ def test_next_batch_takes_what_has_arrived_without_waiting_to_fill(
         producer.produce(topic, b"late")
         producer.flush(30)
         assert [m.value() for m in next_batch(consumer, 1000, 20.0)] == [b"late"]
+    finally:
+        consumer.close()
+
+
+@pytest.mark.parametrize("incremental", [False, True], ids=["assign", "incremental_assign"])
+def test_a_partition_paused_before_it_was_taken_away_flows_when_it_comes_back(
+    kafka: KafkaUnderTest, new_topic: TopicFactory, incremental: bool
+) -> None:
+    """Issue 18.6: the infer worker forgets its record of a pause when the partition is
+    revoked. Checked here: this librdkafka does not keep the pause across an unassignment, so
+    a partition that comes back flows (the worker also resumes what it is assigned, in case a
+    client version does keep it)."""
+    topic = new_topic(1)
+    produce_all(kafka.bootstrap_servers, topic, [(b"k", b"v")] * 5)
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": topic,
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})  # fmt: skip
+    try:
+        if incremental:
+            consumer.incremental_assign([TopicPartition(topic, 0, 0)])
+            consumer.pause([TopicPartition(topic, 0)])
+            consumer.incremental_unassign([TopicPartition(topic, 0)])
+            consumer.incremental_assign([TopicPartition(topic, 0, 0)])
+        else:
+            consumer.assign([TopicPartition(topic, 0, 0)])
+            consumer.pause([TopicPartition(topic, 0)])
+            consumer.unassign()
+            consumer.assign([TopicPartition(topic, 0, 0)])
+        got: list[object] = []
+        for _ in range(20):
+            got += [m for m in consumer.consume(10, timeout=0.5) if m.error() is None]
+            if len(got) == 5:
+                break
+        assert len(got) == 5
     finally:
         consumer.close()

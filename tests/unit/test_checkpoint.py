@@ -48,3 +48,19 @@ def test_another_monitors_state_is_refused(tmp_path: Path) -> None:
     CheckpointStore(tmp_path / "s.sqlite", IDENTITY).close()
     with pytest.raises(CheckpointError, match="another --state-dir"):
         CheckpointStore(tmp_path / "s.sqlite", {**IDENTITY, "labels_topic": "other"})
+
+
+def test_a_save_by_a_former_owner_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+    """Two monitors share the file; the first stalls, the group gives its partition to the
+    second, then the first wakes and saves: its stale rows must not replace the new owner's."""
+    first = CheckpointStore(tmp_path / "s.sqlite", IDENTITY, instance="a")
+    second = CheckpointStore(tmp_path / "s.sqlite", IDENTITY, instance="b")
+    claims_a = first.claim([("p", 0)])
+    assert first.save("a-state", {0: "a-join"}, {("p", 0): 10}, owned=claims_a)
+    claims_b = second.claim([("p", 0)])
+    assert claims_b[("p", 0)] == claims_a[("p", 0)] + 1
+    assert second.save("b-state", {0: "b-join"}, {("p", 0): 20}, owned=claims_b)
+    assert not first.save("a-stale", {0: "a-stale-join"}, {("p", 0): 15}, owned=claims_a)
+    assert first.load_partition(0) == "b-join"
+    assert first.offset("p", 0) == 20
+    assert first.load_global() == "a-state"  # nothing of the refused save was written

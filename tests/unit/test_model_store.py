@@ -166,6 +166,7 @@ def test_watcher_hands_over_a_newer_version_once_and_refuses_a_tampered_one(
     assert ready is not None
     assert ready.version == 2
     assert watcher.take_ready() is None
+    watcher.accepted(ready.manifest)  # the loop serves it
 
     train("bc", registry, seed=2)
     v3 = registry / "bc" / "3" / "model.joblib"
@@ -202,3 +203,44 @@ def test_watcher_thread_polls_in_the_background(registry: Path) -> None:
         watcher.stop()
     assert ready is not None
     assert ready.version == 2
+
+
+def test_a_version_the_loop_refused_is_not_what_newer_ones_are_checked_against(
+    registry: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workers import model_store  # noqa: PLC0415
+
+    checked: list[tuple[int, int]] = []
+    real_check = model_store.check_compatible
+
+    def recording(serving: model_store.Manifest, candidate: model_store.Manifest) -> None:
+        checked.append((serving.version, candidate.version))
+        real_check(serving, candidate)
+
+    monkeypatch.setattr(model_store, "check_compatible", recording)
+    serving = load_version(registry / "bc" / "1").manifest
+    watcher = ModelWatcher(registry / "bc", serving, poll_interval_s=3600)
+    train("bc", registry, seed=1)
+    watcher.check_once()
+    refused = watcher.take_ready()
+    assert refused is not None
+    assert refused.version == 2
+    watcher.refused(refused)  # e.g. more features than the worker's --max-features
+    watcher.check_once()
+    assert watcher.take_ready() is None  # not offered again while its files are unchanged
+
+    train("bc", registry, seed=2)
+    watcher.check_once()
+    ready = watcher.take_ready()
+    assert ready is not None
+    assert ready.version == 3
+    assert checked == [(1, 2), (1, 3)]  # v3 against what serves (v1), not the refused v2
+
+
+def test_folders_that_are_not_ascii_numbers_are_no_versions(registry: Path) -> None:
+    odd = registry / "bc" / "\u00b2"  # "²": str.isdigit() says yes, int() says no
+    odd.mkdir()
+    (odd / "manifest.json").write_text("{}")
+    (registry / "bc" / "02x").mkdir()
+    assert list_versions(registry / "bc") == [1]
+    assert load_newest_good(registry / "bc", None).version == 1

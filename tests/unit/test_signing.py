@@ -161,3 +161,26 @@ def test_train_signs_and_infer_refuses_an_unsigned_model(
     err = capsys.readouterr().err
     assert "no loadable version" in err
     assert f"no {SIGNATURE}" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["monitor", "--features-topic", "features"],
+        ["produce", "--events", "1"],
+    ],
+    ids=["monitor", "produce"],
+)
+def test_monitor_and_produce_verify_the_model_as_infer_does(
+    tmp_path: Path, keys: tuple[Path, Path, Path], argv: list[str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """An unsigned version is refused before it is unpickled, by the key in the environment
+    (HMAC) and by --model-verify-key alike; the commands then stop with the reason."""
+    models = tmp_path / "models"
+    assert main(["train", "--name", "bc", "--models-dir", str(models)], {}) == 0  # unsigned
+    common = [*argv, "--model", str(models / "bc"), "--bootstrap-servers", "127.0.0.1:1"]
+    assert main(common, {HMAC_KEY_VARIABLE: HMAC_KEY}) == 1
+    assert f"no {SIGNATURE}" in capsys.readouterr().err
+    assert main([*common, "--model-verify-key", str(keys[1])], {}) == 1
+    assert f"no {SIGNATURE}" in capsys.readouterr().err

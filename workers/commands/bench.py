@@ -258,10 +258,13 @@ def _run_monitor(cfg: dict[str, Any], state_dir: Path) -> dict[str, Any]:
     )  # fmt: skip
     worker = MonitorWorker(settings)
     clock, stop = Clock(), threading.Event()
-    records = 2 * cfg["events"]  # a prediction and a label per event
+    # A prediction and a label per event; each label is read twice, from the labels topic
+    # and re-keyed from the repartition topic, and that second read is when it can join.
+    records = 2 * cfg["events"]
+    joined_inputs = (settings.predictions_topic, settings.repartition_topic)
 
     def consumed() -> int:
-        return sum(worker.offsets.values())
+        return sum(o for (topic, _), o in list(worker.offsets.items()) if topic in joined_inputs)
 
     threading.Thread(target=watch, args=(consumed, records, clock, stop), daemon=True).start()
     worker.run(stop)

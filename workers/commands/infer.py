@@ -14,6 +14,7 @@ from workers.commands.shared import (
     StartupError,
     add_kafka_options,
     add_logging_options,
+    add_model_verify_option,
     install_stop_handlers,
     positive_int,
 )
@@ -49,14 +50,7 @@ def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN4
         type=positive_int,
         help="pin this version (default: serve the highest and pick up newer ones)",
     )
-    add_option(
-        infer,
-        "--model-verify-key",
-        environ=environ,
-        type=Path,
-        help="PEM ed25519 public key: serve only versions whose manifest.sig it verifies "
-        "(SCORESTREAM_MODEL_HMAC_KEY in the environment requires HMAC-SHA256 signatures too)",
-    )
+    add_model_verify_option(infer, environ, action="serve")
     add_option(
         infer,
         "--model-poll-s",

@@ -12,6 +12,7 @@ from workers.commands.shared import (
     EXIT_OK,
     add_kafka_options,
     add_logging_options,
+    add_model_verify_option,
     install_stop_handlers,
     positive_int,
 )
@@ -21,6 +22,7 @@ from workers.core.monitor import MonitorConfig
 from workers.kafka_io.monitor_loop import MonitorSettings, MonitorWorker
 from workers.model_store import load_newest_good
 from workers.settings import SettingsError, add_option, default_state_dir, kafka_config
+from workers.signing import load_verifier
 
 
 def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN401
@@ -47,7 +49,8 @@ def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN4
         "--labels-topic",
         environ=environ,
         default="labels",
-        help="Labels, keyed by event_id; same partition count as the predictions",
+        help="Labels, any partitioner and partition count: re-keyed by event_id onto "
+        "GROUP-labels-repartition (made with as many partitions as the predictions)",
     )
     add_option(monitor, "--alerts-topic", environ=environ, default="alerts", help="Alerts")
     add_option(
@@ -63,6 +66,7 @@ def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN4
         type=Path,
         help="model folder whose training summary the features are compared with",
     )
+    add_model_verify_option(monitor, environ, action="read")
     add_option(
         monitor,
         "--window",
@@ -140,6 +144,16 @@ def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN4
     )
     add_option(
         monitor,
+        "--max-time-ahead-s",
+        environ=environ,
+        type=float,
+        default=3600.0,
+        help="a prediction's event_time (a label's label_time) further ahead of its record's "
+        "timestamp than this is taken to be the timestamp (counted as times_clamped): one event "
+        "stamped in microseconds or in 2100 cannot hold back every expiry",
+    )
+    add_option(
+        monitor,
         "--orphan-label-ttl-s",
         environ=environ,
         type=float,
@@ -152,7 +166,8 @@ def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN4
         environ=environ,
         type=positive_int,
         default=1_000_000,
-        help="most predictions (and labels) waiting; the oldest are evicted",
+        help="most predictions (and, apart, labels) waiting in this monitor over all its "
+        "partitions; the oldest are evicted",
     )
     add_option(
         monitor,
@@ -229,12 +244,14 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         raise SettingsError("--features-topic and --model go together (data drift needs both)")
     manifest = None
     if args.model is not None:
-        manifest = load_newest_good(args.model, None).manifest
+        verifier = load_verifier(args.model_verify_key, environ)
+        manifest = load_newest_good(args.model, None, verifier).manifest
     config = MonitorConfig(
         window=args.window,
         label_ttl_ms=int(args.label_ttl_s * 1000),
         orphan_label_ttl_ms=int(args.orphan_label_ttl_s * 1000),
         max_pending=args.max_pending,
+        max_time_ahead_ms=int(args.max_time_ahead_s * 1000),
         time_window_ms=args.time_window_s * 1000,
         detector=args.detector,
         rules=AlertRules(

@@ -19,6 +19,7 @@ from workers.commands.shared import (
     EXIT_OK,
     add_kafka_options,
     add_logging_options,
+    add_model_verify_option,
     install_stop_handlers,
 )
 from workers.commands.train import DATASETS, load_dataset
@@ -27,6 +28,7 @@ from workers.kafka_io.admin import create_missing_topics
 from workers.kafka_io.clients import AdminAccess, make_producer
 from workers.model_store import load_newest_good
 from workers.settings import SettingsError, add_option, kafka_config
+from workers.signing import load_verifier
 
 log = structlog.get_logger("scorestream.produce")
 
@@ -49,6 +51,7 @@ def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN4
                help="where labels go ('' for none)")  # fmt: skip
     add_option(produce, "--model", environ=environ, type=Path,
                help="models/NAME: use its features and the data set it was trained on")  # fmt: skip
+    add_model_verify_option(produce, environ, action="read")
     add_option(produce, "--dataset", environ=environ, choices=sorted(DATASETS),
                default="breast_cancer", help="data set when no --model is given")  # fmt: skip
     add_option(produce, "--events", environ=environ, type=int, default=10_000,
@@ -78,7 +81,8 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         raise SettingsError("need 0 <= --label-delay-min-s <= --label-delay-max-s")
     dataset = args.dataset
     if args.model is not None:
-        manifest = load_newest_good(args.model, None).manifest
+        verifier = load_verifier(args.model_verify_key, environ)
+        manifest = load_newest_good(args.model, None, verifier).manifest
         dataset = manifest.raw.get("dataset") or dataset
     data = load_dataset(dataset)
     spec = StreamSpec(
@@ -132,7 +136,7 @@ def run_produce(
 
     producer = make_producer(
         s.bootstrap_servers, s.kafka_config, defaults={"linger.ms": 5},
-        required={"enable.idempotence": True, "acks": "all",
+        required={"enable.idempotence": True, "acks": "all", "partitioner": "murmur2_random",
                   "delivery.report.only.error": True, "on_delivery": on_delivery},
         name="produce",
     )  # fmt: skip

@@ -77,6 +77,21 @@ def add_kafka_options(parser: argparse.ArgumentParser, environ: Mapping[str, str
     )
 
 
+def add_model_verify_option(
+    parser: argparse.ArgumentParser, environ: Mapping[str, str], *, action: str
+) -> None:
+    """Every command that loads a model verifies it as infer does: a key configured means an
+    unsigned or wrongly signed version is refused before anything is unpickled."""
+    add_option(
+        parser,
+        "--model-verify-key",
+        environ=environ,
+        type=Path,
+        help=f"PEM ed25519 public key: {action} only versions whose manifest.sig it verifies "
+        "(SCORESTREAM_MODEL_HMAC_KEY in the environment requires HMAC-SHA256 signatures too)",
+    )
+
+
 def install_stop_handlers(stop: threading.Event) -> None:
     """First SIGTERM/SIGINT: finish the batch, commit, exit 0. A second SIGINT: exit now."""
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,8 +33,6 @@ class TopicPlan:
     role: str
     partitions: int
     config: dict[str, str]
-    # Must have as many partitions as the other joined topic (predictions, labels).
-    joined: bool = False
 
 
 def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN401 - argparse's
@@ -50,13 +46,11 @@ def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN4
         "create",
         help="create every topic that is missing, with the partition rule applied",
         description="Create the features, predictions and labels topics with --partitions each "
-        "(the monitor joins partition i of predictions with partition i of labels, so those "
-        "two must have the same count: when one of them exists, the other is made to match "
-        "it; run as many infer workers as features has partitions), the dead-letter topic "
-        "with room for any input value plus headers, and the alerts topic. Topics that exist "
-        "are left as they are; predictions and labels whose counts differ are reported with "
-        "the fix (exit 1). Names default to the workers' defaults; pass the same names you "
-        "pass to infer and monitor.",
+        "(run as many infer workers as features has partitions; the monitor's join needs no "
+        "particular count of labels, it re-keys them), the dead-letter topic with room for "
+        "any input value plus headers, and the alerts topic. Topics that exist are left as "
+        "they are. Names default to the workers' defaults; pass the same names you pass to "
+        "infer and monitor.",
     )
     add_kafka_options(create, environ)
     add_option(create, "--partitions", environ=environ, type=positive_int, default=4,
@@ -79,38 +73,11 @@ def plan(args: argparse.Namespace) -> list[TopicPlan]:
     n = args.partitions
     return [
         TopicPlan(args.features_topic, "features", n, {}),
-        TopicPlan(args.predictions_topic, "predictions", n, {}, joined=True),
-        TopicPlan(args.labels_topic, "labels", n, {}, joined=True),
+        TopicPlan(args.predictions_topic, "predictions", n, {}),
+        TopicPlan(args.labels_topic, "labels", n, {}),
         TopicPlan(args.dlq_topic, "dead letters", 1, DLQ_CONFIG),
         TopicPlan(args.alerts_topic, "alerts", 1, {}),
     ]
-
-
-def matched(wanted: list[TopicPlan], existing: Mapping[str, int]) -> list[TopicPlan]:
-    """A joined topic that is missing gets as many partitions as its existing partner."""
-    partner = {t.name: existing[t.name] for t in wanted if t.joined and t.name in existing}
-    if len(partner) != 1:
-        return wanted
-    (count,) = partner.values()
-    return [
-        dataclasses.replace(t, partitions=count) if t.joined and t.name not in existing else t
-        for t in wanted
-    ]
-
-
-def mismatch(existing: Mapping[str, int], wanted: list[TopicPlan]) -> str | None:
-    """Why the joined topics cannot work as they are, with the fix; None when they can."""
-    joined = [(t.name, existing.get(t.name, t.partitions)) for t in wanted if t.joined]
-    if len({count for _, count in joined}) <= 1:
-        return None
-    (first, a), (second, b) = joined
-    return (
-        f"{first!r} has {a} partitions and {second!r} has {b}: the monitor joins partition i "
-        f"of one with partition i of the other, so they need the same count. Raise the smaller "
-        f"to {max(a, b)} (kafka-topics.sh --alter --partitions {max(a, b)}; keys written "
-        "before then stay where they are) or recreate both with `scorestream topics create "
-        f"--partitions {max(a, b)}`"
-    )
 
 
 def run_create(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -127,8 +94,6 @@ def run_create(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
     if not admin.retry_until_ready(look, threading.Event(), what="topics"):
         return EXIT_ERROR
-    wanted = matched(wanted, existing)
-    problem = mismatch(existing, wanted)
     for topic in wanted:
         if topic.name in existing:
             continue
@@ -149,8 +114,4 @@ def run_create(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         created=sorted(t.name for t in wanted if t.name not in existing),
         existing=sorted(existing),
     )
-    if problem is not None:
-        log.error("topics_not_joinable", reason=problem)
-        print(f"scorestream: error: {problem}", file=sys.stderr)
-        return EXIT_ERROR
     return EXIT_OK

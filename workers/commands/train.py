@@ -18,9 +18,8 @@ import numpy.typing as npt
 import structlog
 
 from workers.commands.shared import EXIT_OK, add_logging_options
-from workers.core.events import snake_case
+from workers.core.events import class_label, snake_case
 from workers.core.feature_summary import summarize_features
-from workers.core.scoring import Label
 from workers.model_store import ARTIFACT, MANIFEST, list_versions, register, sha256_hex
 from workers.settings import SettingsError, add_option
 from workers.signing import SIGNATURE, Signer, load_signer
@@ -110,14 +109,6 @@ def _metrics(
     return metrics
 
 
-def _json_label(value: Any) -> Label:  # noqa: ANN401
-    item = getattr(value, "item", None)
-    result = item() if callable(item) else value
-    if not isinstance(result, str | int | bool):
-        raise TypeError(f"class label {value!r} is not a string, integer or boolean")
-    return result
-
-
 def train(  # noqa: PLR0913 - one keyword per CLI flag
     name: str,
     models_dir: Path,
@@ -158,7 +149,7 @@ def train_on(  # noqa: PLR0913
     if framework == "river":
         for row, target in zip(x_train.tolist(), y_train.tolist(), strict=True):
             model.learn_one(dict(zip(data.features, row, strict=True)), target)
-        classes = sorted({_json_label(c) for c in data.y.tolist()})
+        classes = sorted({class_label(c) for c in data.y.tolist()})
         proba = np.array(
             [
                 [
@@ -170,7 +161,7 @@ def train_on(  # noqa: PLR0913
         )
     else:
         model.fit(x_train, y_train)
-        classes = [_json_label(c) for c in model.classes_]
+        classes = [class_label(c) for c in model.classes_]
         proba = model.predict_proba(x_test)
     metrics = _metrics(y_test, proba, classes)
 

@@ -180,12 +180,16 @@ class EventDecoder:
         """A key twice in one object (ambiguous: the decoder keeps the last), or more keys in
         `features` than --max-features. Walked only when its colons say it has more keys than
         the model needs: extra keys are allowed, so this is the rare path."""
-        if value.count(b":") == self.colons(event_id, event_time):
+        # Colons written as \u003a inside a string are colons to the decoder but not in the
+        # raw bytes, so they could hide a repeated key from the count: any escape is walked.
+        if b"\\u" not in value and value.count(b":") == self.colons(event_id, event_time):
             return None
         try:
             document = json.loads(value, object_pairs_hook=_no_duplicates)
         except _DuplicateKey:
             return DUPLICATE_KEY
+        except RecursionError:  # msgspec's limit is deeper than the stdlib's
+            return InvalidEvent(ErrorType.DECODE, "JSON nested too deeply")
         except ValueError:  # msgspec accepted it; stdlib json is stricter about nothing we need
             return None
         features = document.get("features") if isinstance(document, dict) else None
@@ -313,3 +317,21 @@ def json_value(value: Any) -> Any:  # noqa: ANN401 - numpy scalars in, JSON-nati
     """Turn a numpy scalar (a model's class label) into the Python value JSON carries."""
     item = getattr(value, "item", None)
     return item() if callable(item) else value
+
+
+class ClassLabelError(ValueError):
+    """A model's class cannot be written as a Prediction's label; the message names the fix."""
+
+
+def class_label(value: Any) -> str | int | bool:  # noqa: ANN401 - whatever classes_ holds
+    """A model's class as a Prediction's label: a string, an integer or a boolean. A model fitted
+    on a float target has classes like 1.0; whole numbers become integers (1.0 -> 1)."""
+    plain = json_value(value)
+    if isinstance(plain, str | bool | int):
+        return plain
+    if isinstance(plain, float) and plain.is_integer():
+        return int(plain)
+    raise ClassLabelError(
+        f"class {plain!r} is not a string, an integer or a boolean: fit the model on labels of "
+        "one of those types (e.g. y.astype(int) or y.astype(str))"
+    )

@@ -10,16 +10,21 @@ oldest evicted first. Settled event ids (joined or expired) are remembered, up t
 of them, so a duplicate never counts twice and a label for an expired prediction counts as late.
 
 The three buffers are OrderedDicts, not dicts: both remove from the middle (a join) and from the
-front (expiry, eviction), and finding a plain dict's first entry scans every slot deleted before
-it until the next resize. On a busy stream that made each record cost as much as the whole
-buffer; OrderedDict finds its front in constant time.
+front (eviction), and finding a plain dict's first entry scans every slot deleted before it
+until the next resize. On a busy stream that made each record cost as much as the whole buffer;
+OrderedDict finds its front in constant time. Expiry goes by time, not by arrival order (one
+entry stamped far in the future must not hold back everything that arrived after it): each side
+also files its entries by time in an `ExpiryIndex`.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from itertools import islice
+from typing import Any, Final
 
 import msgspec
 
@@ -71,6 +76,108 @@ class JoinCounters:
     duplicate_labels: int = 0
 
 
+# Entries are filed in buckets of 2**10 = 1,024 ms of event time.
+_BUCKET_SHIFT: Final = 10
+TimeOf = Callable[[str], int | None]
+
+
+@dataclass(slots=True)
+class ExpiryIndex:
+    """Keys filed by time, so that they expire in time order whatever order they arrived in.
+
+    Whole buckets before the horizon expire at once; the bucket the horizon falls in is sorted by
+    time when expiry first reaches into it (linear when it arrived in order) and then consumed
+    from the front, so a key expires exactly when the horizon passes its time. Keys that leave
+    early (joined, evicted) are dropped lazily: a bucket is compacted once it holds more than
+    twice as many keys as are still live in it, so the index costs about 8-16 bytes a key.
+    `time_of(key)` answers the key's time while it is pending, else None.
+    """
+
+    buckets: dict[int, list[str]] = field(default_factory=dict)
+    live: dict[int, int] = field(default_factory=dict)
+    heap: list[int] = field(default_factory=list)
+    sorted_bucket: int = -1  # the bucket sorted and partly consumed, up to `cursor`
+    cursor: int = 0
+
+    def add(self, key: str, time_ms: int) -> None:
+        bucket = time_ms >> _BUCKET_SHIFT
+        keys = self.buckets.get(bucket)
+        if keys is None:
+            self.buckets[bucket] = [key]
+            self.live[bucket] = 1
+            heapq.heappush(self.heap, bucket)
+            return
+        keys.append(key)
+        self.live[bucket] += 1
+        if bucket == self.sorted_bucket:
+            self.sorted_bucket = -1  # sorted again when expiry next reaches into it
+
+    def left(self, time_ms: int, time_of: TimeOf) -> None:
+        """A key of this time left before expiring (joined or evicted)."""
+        bucket = time_ms >> _BUCKET_SHIFT
+        live = self.live.get(bucket)
+        if live is None:
+            return
+        self.live[bucket] = live - 1
+        if len(self.buckets[bucket]) > 2 * live + 32:
+            self._compact(bucket, time_of)
+
+    def expire(self, horizon: int, time_of: TimeOf, expire: Callable[[str], None]) -> None:
+        """Call `expire(key)` for every pending key whose time is before `horizon`."""
+        heap, buckets = self.heap, self.buckets
+        while heap:
+            bucket = heap[0]
+            if (bucket + 1) << _BUCKET_SHIFT <= horizon:  # the whole bucket is due
+                start = self.cursor if bucket == self.sorted_bucket else 0
+                for key in islice(buckets[bucket], start, None):
+                    if self._holds(key, bucket, time_of):
+                        expire(key)
+                heapq.heappop(heap)
+                del buckets[bucket], self.live[bucket]
+                if bucket == self.sorted_bucket:
+                    self.sorted_bucket = -1
+                continue
+            if bucket << _BUCKET_SHIFT < horizon:
+                self._expire_part(bucket, horizon, time_of, expire)
+            return
+
+    def _expire_part(
+        self, bucket: int, horizon: int, time_of: TimeOf, expire: Callable[[str], None]
+    ) -> None:
+        if bucket != self.sorted_bucket:
+            self._compact(bucket, time_of)
+            self.buckets[bucket].sort(key=lambda k: time_of(k) or 0)
+            self.sorted_bucket, self.cursor = bucket, 0
+        keys, index = self.buckets[bucket], self.cursor
+        while index < len(keys):
+            key = keys[index]
+            time_ms = time_of(key)
+            if time_ms is not None and time_ms >> _BUCKET_SHIFT == bucket:
+                if time_ms >= horizon:
+                    break
+                expire(key)
+                self.live[bucket] -= 1
+            index += 1
+        self.cursor = index
+
+    def _compact(self, bucket: int, time_of: TimeOf) -> None:
+        start = self.cursor if bucket == self.sorted_bucket else 0
+        self.buckets[bucket] = [
+            k for k in islice(self.buckets[bucket], start, None) if self._holds(k, bucket, time_of)
+        ]
+        if bucket == self.sorted_bucket:
+            self.cursor = 0
+
+    @staticmethod
+    def _holds(key: str, bucket: int, time_of: TimeOf) -> bool:
+        """Still pending, and filed here (a key settled and seen again is filed anew)."""
+        time_ms = time_of(key)
+        return time_ms is not None and time_ms >> _BUCKET_SHIFT == bucket
+
+    def __len__(self) -> int:
+        return sum(self.live.values())
+
+
 @dataclass(slots=True)
 class LabelJoin:
     label_ttl_ms: int
@@ -85,6 +192,52 @@ class LabelJoin:
     predictions: OrderedDict[str, PendingPrediction] = field(default_factory=OrderedDict)
     labels: OrderedDict[str, tuple[Label, int]] = field(default_factory=OrderedDict)
     settled: OrderedDict[str, int] = field(default_factory=OrderedDict)
+    prediction_expiry: ExpiryIndex = field(default_factory=ExpiryIndex)
+    label_expiry: ExpiryIndex = field(default_factory=ExpiryIndex)
+    # Labels reach the join re-keyed through the monitor's repartition topic: per source
+    # partition of the labels topic, the highest source offset joined here. A label forwarded
+    # again (its forwarder restarted from a checkpoint) is recognised and not counted twice.
+    forwarded: dict[int, int] = field(default_factory=dict)
+    # Per source partition, the newest label_time it brought. The re-keyed stream merges the
+    # sources as they happen to be read, one far ahead of another: the label side's clock is
+    # the slowest source's, so a source read ahead never expires what another still brings (a
+    # source that stops bringing labels holds expiry back, as a labels topic without new
+    # labels always has).
+    source_clocks: dict[int, int] = field(default_factory=dict)
+
+    def __setstate__(self, state: Any) -> None:  # noqa: ANN401 - what pickle hands over
+        """Checkpoints written before a field existed get it on load (the expiry indexes built
+        from the buffers)."""
+        slots = state[1] if isinstance(state, tuple) else state
+        for name, value in slots.items():
+            object.__setattr__(self, name, value)
+        if not hasattr(self, "forwarded"):
+            self.forwarded = {}
+        if not hasattr(self, "source_clocks"):
+            self.source_clocks = {}
+        if not hasattr(self, "prediction_expiry"):
+            self.prediction_expiry = ExpiryIndex()
+            for event_id, pending in self.predictions.items():
+                self.prediction_expiry.add(event_id, pending.event_time)
+        if not hasattr(self, "label_expiry"):
+            self.label_expiry = ExpiryIndex()
+            for event_id, (_, label_time) in self.labels.items():
+                self.label_expiry.add(event_id, label_time)
+
+    def first_forwarding(self, source_partition: int, source_offset: int) -> bool:
+        """True the first time this label (by its place in the labels topic) comes through."""
+        if source_offset <= self.forwarded.get(source_partition, -1):
+            return False
+        self.forwarded[source_partition] = source_offset
+        return True
+
+    def _prediction_time(self, event_id: str) -> int | None:
+        pending = self.predictions.get(event_id)
+        return None if pending is None else pending.event_time
+
+    def _label_time(self, event_id: str) -> int | None:
+        waiting = self.labels.get(event_id)
+        return None if waiting is None else waiting[1]
 
     def add_prediction(self, event_id: str, prediction: PendingPrediction) -> Outcome | None:
         if prediction.event_time > self.prediction_clock:
@@ -95,19 +248,32 @@ class LabelJoin:
             return None
         waiting = self.labels.pop(event_id, None)
         if waiting is not None:
+            self.label_expiry.left(waiting[1], self._label_time)
             return self._join(event_id, prediction, waiting[0])
         if len(self.predictions) >= self.max_pending:
-            self.predictions.popitem(last=False)
+            _, evicted = self.predictions.popitem(last=False)
+            self.prediction_expiry.left(evicted.event_time, self._prediction_time)
             self.counters.evicted_predictions += 1
         self.predictions[event_id] = prediction
+        self.prediction_expiry.add(event_id, prediction.event_time)
         return None
 
-    def add_label(self, event_id: str, label: Label, label_time: int) -> Outcome | None:
-        if label_time > self.label_clock:
-            self.label_clock = label_time
+    def add_label(
+        self, event_id: str, label: Label, label_time: int, source: int | None = None
+    ) -> Outcome | None:
+        """`source`: the labels partition a re-keyed label was first read from."""
+        clock = label_time
+        if source is not None:
+            clocks = self.source_clocks
+            if label_time > clocks.get(source, -1):
+                clocks[source] = label_time
+            clock = min(clocks.values())
+        if clock > self.label_clock:
+            self.label_clock = clock
             self._advance(min(self.prediction_clock, self.label_clock))
         prediction = self.predictions.pop(event_id, None)
         if prediction is not None:
+            self.prediction_expiry.left(prediction.event_time, self._prediction_time)
             return self._join(event_id, prediction, label)
         state = self.settled.get(event_id)
         if state == _EXPIRED:
@@ -117,9 +283,11 @@ class LabelJoin:
             self.counters.duplicate_labels += 1
             return None
         if len(self.labels) >= self.max_pending:
-            self.labels.popitem(last=False)
+            _, (_, evicted_time) = self.labels.popitem(last=False)
+            self.label_expiry.left(evicted_time, self._label_time)
             self.counters.evicted_labels += 1
         self.labels[event_id] = (label, label_time)
+        self.label_expiry.add(event_id, label_time)
         return None
 
     def advance(self, watermark: int) -> None:
@@ -150,20 +318,18 @@ class LabelJoin:
         if time_ms <= self.watermark:
             return
         self.watermark = time_ms
-        horizon = time_ms - self.label_ttl_ms
-        predictions = self.predictions
-        while predictions:
-            event_id = next(iter(predictions))
-            if predictions[event_id].event_time >= horizon:
-                break
-            del predictions[event_id]
-            self.counters.expired_without_label += 1
-            self._settle(event_id, _EXPIRED)
-        horizon = time_ms - self.orphan_label_ttl_ms
-        labels = self.labels
-        while labels:
-            event_id = next(iter(labels))
-            if labels[event_id][1] >= horizon:
-                break
-            del labels[event_id]
-            self.counters.orphan_labels += 1
+        self.prediction_expiry.expire(
+            time_ms - self.label_ttl_ms, self._prediction_time, self._expire_prediction
+        )
+        self.label_expiry.expire(
+            time_ms - self.orphan_label_ttl_ms, self._label_time, self._expire_label
+        )
+
+    def _expire_prediction(self, event_id: str) -> None:
+        del self.predictions[event_id]
+        self.counters.expired_without_label += 1
+        self._settle(event_id, _EXPIRED)
+
+    def _expire_label(self, event_id: str) -> None:
+        del self.labels[event_id]
+        self.counters.orphan_labels += 1

@@ -1,8 +1,10 @@
 """The monitor's whole state and how each record changes it (pure: time is passed in).
 
-Join buffers are kept per partition: predictions and labels are both keyed by event_id on
-topics with equal partition counts, so an event's prediction and label share a partition
-number, and a partition's buffers can be checkpointed and handed over on their own.
+Join buffers are kept per partition: predictions are keyed by event_id with the Java clients'
+partitioner (murmur2) and labels, whatever partitioner their producers used, are re-keyed the
+same way through the monitor's repartition topic (as many partitions as predictions), so an
+event's prediction and label share a partition number, and a partition's buffers can be
+checkpointed and handed over on their own.
 """
 
 from __future__ import annotations
@@ -38,8 +40,15 @@ class LabelIn(msgspec.Struct, gc=False):
     label_time: EpochMillis | None = None
 
 
+class LabelKey(msgspec.Struct, gc=False):
+    """What a label is re-keyed by (the rest is checked when it is joined)."""
+
+    event_id: EventId
+
+
 PREDICTION_DECODER = msgspec.json.Decoder(PredictionIn)
 LABEL_DECODER = msgspec.json.Decoder(LabelIn)
+LABEL_KEY_DECODER = msgspec.json.Decoder(LabelKey)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,10 +56,21 @@ class MonitorConfig:
     window: int = 1000
     label_ttl_ms: int = 3_600_000
     orphan_label_ttl_ms: int = 600_000
+    # Most predictions (and, apart, labels) waiting in this monitor, over all its partitions.
     max_pending: int = 1_000_000
     time_window_ms: int = 60_000
     detector: str = DEFAULT_DETECTOR
     rules: AlertRules = field(default_factory=AlertRules)
+    # How many partitions the join buffers are spread over (the predictions topic's count).
+    partitions: int = 1
+    # An event_time (label_time) further than this ahead of its record's timestamp is taken
+    # to be the timestamp: one event stamped in microseconds, or in 2100, must not move the
+    # join's clock (and everything's expiry) into the future.
+    max_time_ahead_ms: int = 3_600_000
+
+    @property
+    def pending_per_partition(self) -> int:
+        return max(1, -(-self.max_pending // self.partitions))
 
 
 @dataclass(slots=True)
@@ -70,18 +90,34 @@ class MonitorState:
     feature_drift: FeatureDrift | None = None
     feature_alerts: FeatureAlerts | None = None
     alerts_raised: dict[str, int] = field(default_factory=dict)
+    times_clamped: int = 0
+    forward_replays: int = 0
 
     def join_for(self, partition: int) -> LabelJoin:
         join = self.joins.get(partition)
         if join is None:
             c = self.config
-            # The bound is per monitor; split it over the partitions it may hold.
+            # The bound is per monitor; split over the partitions it may hold.
             join = self.joins[partition] = LabelJoin(
-                c.label_ttl_ms, c.orphan_label_ttl_ms, c.max_pending
+                c.label_ttl_ms, c.orphan_label_ttl_ms, c.pending_per_partition
             )
         return join
 
-    def on_prediction(self, partition: int, value: bytes | None, now_ms: int) -> list[Alert]:
+    def adopt(self, partition: int, join: LabelJoin) -> None:
+        """A partition's restored buffers, bounded as this monitor's settings say now."""
+        join.max_pending = self.config.pending_per_partition
+        self.joins[partition] = join
+
+    def _bounded(self, time_ms: int, timestamp_ms: int) -> int:
+        """`time_ms`, or the record's timestamp when the former is too far ahead of it."""
+        if timestamp_ms > 0 and time_ms > timestamp_ms + self.config.max_time_ahead_ms:
+            self.times_clamped += 1
+            return timestamp_ms
+        return time_ms
+
+    def on_prediction(
+        self, partition: int, value: bytes | None, now_ms: int, timestamp_ms: int = 0
+    ) -> list[Alert]:
         try:
             p = PREDICTION_DECODER.decode(value or b"")
         except (msgspec.DecodeError, ValueError, RecursionError):
@@ -89,22 +125,60 @@ class MonitorState:
             return []
         positive = None
         if p.probabilities is not None and len(p.probabilities) == 2:
-            first, second = p.probabilities  # the positive class sorts last, as in sklearn
-            positive = max(first, second)
-        pending = PendingPrediction(p.model_name, p.model_version, p.label, p.event_time, positive)
+            # Written in the model's class order: the positive class is its second
+            # (classes_[1]), as for scikit-learn's binary metrics. Not the larger string:
+            # for classes [9, 10] that would be "9".
+            _, positive = p.probabilities
+        event_time = self._bounded(p.event_time, timestamp_ms)
+        pending = PendingPrediction(p.model_name, p.model_version, p.label, event_time, positive)
         outcome = self.join_for(partition).add_prediction(p.event_id, pending)
         return [] if outcome is None else self._on_outcome(outcome, now_ms)
 
+    def label_key(self, value: bytes | None) -> bytes | None:
+        """The event_id a label is re-keyed by, or None for a label that is no Label (counted
+        here, where it is first read)."""
+        try:
+            return LABEL_KEY_DECODER.decode(value or b"").event_id.encode()
+        except (msgspec.DecodeError, ValueError, RecursionError):
+            self.invalid_labels += 1
+            return None
+
+    def on_forwarded_label(
+        self,
+        partition: int,
+        value: bytes | None,
+        timestamp_ms: int,
+        source: tuple[int, int],
+        now_ms: int,
+    ) -> list[Alert]:
+        """A label from the repartition topic; `source` is its (partition, offset) in the
+        labels topic. Forwarded again after a restart, it is skipped, not counted twice."""
+        if not self.join_for(partition).first_forwarding(*source):
+            self.forward_replays += 1
+            return []
+        return self.on_label(partition, value, timestamp_ms, now_ms, source=source[0])
+
     def on_label(
-        self, partition: int, value: bytes | None, timestamp_ms: int, now_ms: int
+        self,
+        partition: int,
+        value: bytes | None,
+        timestamp_ms: int,
+        now_ms: int,
+        source: int | None = None,
     ) -> list[Alert]:
         try:
             label = LABEL_DECODER.decode(value or b"")
         except (msgspec.DecodeError, ValueError, RecursionError):
             self.invalid_labels += 1
             return []
-        label_time = timestamp_ms if label.label_time is None else label.label_time
-        outcome = self.join_for(partition).add_label(label.event_id, label.label, label_time)
+        label_time = (
+            timestamp_ms
+            if label.label_time is None
+            else self._bounded(label.label_time, timestamp_ms)
+        )
+        outcome = self.join_for(partition).add_label(
+            label.event_id, label.label, label_time, source
+        )
         return [] if outcome is None else self._on_outcome(outcome, now_ms)
 
     def _on_outcome(self, outcome: Outcome, now_ms: int) -> list[Alert]:
@@ -168,6 +242,8 @@ class MonitorState:
         result["pending_labels"] = sum(len(j.labels) for j in self.joins.values())
         result["invalid_predictions"] = self.invalid_predictions
         result["invalid_labels"] = self.invalid_labels
+        result["times_clamped"] = self.times_clamped
+        result["forward_replays"] = self.forward_replays
         return result
 
     def metrics(self) -> dict[str, dict[str, Any]]:

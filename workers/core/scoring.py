@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from workers.core import linear_model, tree_ensemble
-from workers.core.events import json_value
+from workers.core.events import class_label
 
 Matrix = npt.NDArray[np.float64]
 Label = str | int | bool
@@ -49,7 +49,7 @@ class SklearnClassifierScorer:
     def __init__(self, model: Any, features: Sequence[str]) -> None:  # noqa: ANN401
         self.model = model
         self.features = tuple(features)
-        self.classes: list[Label] = [json_value(c) for c in model.classes_]
+        self.classes: list[Label] = [class_label(c) for c in model.classes_]
         self.class_keys = [str(c) for c in self.classes]
         self._probabilities = probabilities_type(self.class_keys)
         width = len(self.features)

@@ -84,6 +84,8 @@ class Guarantee:
         # Partitions held back because the DLQ refused their dead letters: resume time, backoff.
         self._paused: dict[TopicKey, tuple[float, float]] = {}
         self._stop = threading.Event()  # the worker's, once connect() is called
+        # Set when the loop failed half-way through a batch: nothing more may be committed.
+        self._abandoned = False
         self.producer: Producer = self.new_producer()
 
     # -- the calls the loop makes ----------------------------------------------------------
@@ -124,11 +126,26 @@ class Guarantee:
         """Producing a batch raised."""
         raise exc
 
+    def on_assign(self, partitions: list[TopicPartition]) -> None:
+        """A partition handed (back) to this worker starts flowing: one paused before it was
+        revoked is not left paused in the client."""
+        try:
+            self.consumer.resume(partitions)
+        except KafkaException as exc:
+            log.warning("resume_on_assign_failed", reason=str(exc))
+
     def on_revoke(self, partitions: list[TopicPartition]) -> None:
         self._forget(partitions)
 
     def on_lost(self, partitions: list[TopicPartition]) -> None:
         self._forget(partitions)
+
+    def abandon(self) -> None:
+        """The loop failed with a batch in hand (a bug, or a client error this guarantee does
+        not recover from): whatever is not committed yet stays uncommitted, so the events are
+        read again after the restart instead of being committed unscored."""
+        self._abandoned = True
+        self._pending = {}
 
     def shutdown(self) -> None:
         raise NotImplementedError
@@ -142,6 +159,10 @@ class Guarantee:
             "acks": "all",
             "delivery.report.only.error": True,
             "on_delivery": self._on_delivery_failure,
+            # The Java clients' key hashing: a prediction lands where any Java, Kafka Streams
+            # or Kafka Connect producer would put its key, and where the monitor re-keys its
+            # label to.
+            "partitioner": "murmur2_random",
         }
         defaults: dict[str, Any] = {
             "linger.ms": 5,
@@ -270,6 +291,13 @@ class Guarantee:
     def _forget(self, partitions: list[TopicPartition]) -> None:
         gone = {(p.topic, p.partition) for p in partitions}
         self._pending = {k: v for k, v in self._pending.items() if k not in gone}
+        held = [TopicPartition(*k) for k in self._paused if k in gone]
+        if held:
+            # The client keeps a partition's pause across a revoke: lift it while it is ours.
+            try:
+                self.consumer.resume(held)
+            except KafkaException as exc:
+                log.warning("resume_on_revoke_failed", reason=str(exc))
         self._paused = {k: v for k, v in self._paused.items() if k not in gone}
         self.metrics.paused.set(len(self._paused))
 
@@ -317,6 +345,9 @@ class AtLeastOnce(Guarantee):
         super().on_revoke(partitions)
 
     def shutdown(self) -> None:
+        if self._abandoned:  # what was stored is acknowledged; the rest is read again
+            self._commit_stored("final_commit_failed")
+            return
         self.commit_due(force=True)
         self._commit_stored("final_commit_failed")
 
@@ -424,7 +455,20 @@ class ExactlyOnce(Guarantee):
         super().on_lost(partitions)
 
     def shutdown(self) -> None:
-        self.commit_due(force=True)
+        if not self._abandoned:
+            self.commit_due(force=True)
+
+    def abandon(self) -> None:
+        self._abort_open()
+        super().abandon()
+
+    def _abort_open(self) -> None:
+        if self._txn_open:
+            self._txn_open = False
+            try:
+                self.producer.abort_transaction(10)
+            except KafkaException as exc:
+                log.warning("abort_failed", reason=exc.args[0].str())
 
     # -- the transactional producer -----------------------------------------------------------
 
@@ -479,16 +523,32 @@ class ExactlyOnce(Guarantee):
         self._rewind_to_committed("transactional call did not return")
 
     def _rewind_to_committed(self, reason: str) -> None:
+        """Re-read from what the group has committed. Guessing instead (the transaction's
+        first offsets) would re-process events a commit that did land already covered."""
         wanted = [TopicPartition(t, p) for t, p in self._pending]
-        try:
-            committed = self.consumer.committed(wanted, timeout=10) if wanted else []
-        except KafkaException as exc:
-            log.warning("committed_offsets_unknown", reason=exc.args[0].str())
-            committed = []
+        committed = self._committed_offsets(wanted) if wanted else []
+        if committed is None:  # stopping before the group answered: nothing more is read
+            self._pending = {}
+            return
         for tp in committed:
             if tp.offset >= 0:
                 self._pending[(tp.topic, tp.partition)] = (tp.offset, tp.offset)
         self._rewind(reason=reason)
+
+    def _committed_offsets(self, wanted: list[TopicPartition]) -> list[TopicPartition] | None:
+        """The group's committed offsets, asked again until the coordinator answers; None if
+        the worker is stopped first."""
+        backoff = 0.5
+        while True:
+            try:
+                return list(self.consumer.committed(wanted, timeout=10))
+            except KafkaException as exc:
+                log.warning(
+                    "committed_offsets_unknown", reason=exc.args[0].str(), retry_in_s=backoff
+                )
+            if self._stop.wait(backoff):
+                return None
+            backoff = min(backoff * 2, 10.0)
 
     def _transaction_failed(self, err: KafkaError) -> None:
         self.producer.poll(0)  # collect the failed deliveries: which DLQ partitions refused
@@ -510,12 +570,7 @@ class ExactlyOnce(Guarantee):
         after some failures (a record the broker refused) librdkafka's own abort leaves
         sequence numbers that the next transaction trips over, so recovery never relies on it.
         """
-        if self._txn_open:
-            self._txn_open = False
-            try:
-                self.producer.abort_transaction(10)
-            except KafkaException as exc:
-                log.warning("abort_failed", reason=exc.args[0].str())
+        self._abort_open()
         try:
             self.producer.purge()
             self.producer.flush(0)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import structlog
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from workers.core.events import (
     EventDecoder,
@@ -41,6 +41,10 @@ from workers.model_store import LoadedModel, ModelError, ModelWatcher
 from workers.process_tuning import tune_process
 
 log = structlog.get_logger("scorestream.infer")
+
+# A dead letter by reference keeps its source key up to this size (the headers say how large
+# the key and value were).
+MAX_REFERENCE_KEY_BYTES = 1024
 
 __all__ = ["InferSettings", "InferenceWorker", "serving_model"]
 
@@ -147,6 +151,7 @@ class InferenceWorker:
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned = True
+        self.delivery.on_assign(partitions)
         log.info(
             "partitions_assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions]
         )
@@ -223,6 +228,11 @@ class InferenceWorker:
             log.info("metrics_serving", port=server.port)
         try:
             self._loop(stop)
+        except BaseException:
+            # A bug, or a client error the guarantee does not recover from, with a batch in
+            # hand: its events must be read again, never committed unscored.
+            self.delivery.abandon()
+            raise
         finally:
             self._shutdown()
             if server is not None:
@@ -337,14 +347,37 @@ class InferenceWorker:
         self.stats.dead_letters[invalid.error_type.value] += 1
         self.metrics.dead_letters.labels(invalid.error_type.value).inc()
         report = self.delivery.dead_letter_callback(msg.partition() or 0)
+        value, key = msg.value(), msg.key()
+        try:
+            self._produce(self.settings.dlq_topic, value, key, headers, report)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
+                raise
+            # Larger than any record this producer may send (an input topic can allow more
+            # than our DLQ takes): dead-lettered by reference. The value is left out; the
+            # headers say so, how large it was and where the original still is.
+            headers += [
+                ("error.value_omitted", b"true"),
+                ("source.value_bytes", str(len(value or b"")).encode()),
+                ("source.key_bytes", str(len(key or b"")).encode()),
+            ]
+            small_key = key if key is not None and len(key) <= MAX_REFERENCE_KEY_BYTES else None
+            self._produce(self.settings.dlq_topic, b"", small_key, headers, report)
+
+    def _produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        headers: Any,  # noqa: ANN401
+        on_delivery: Any,  # noqa: ANN401
+    ) -> None:
         try:
             self.delivery.producer.produce(
-                self.settings.dlq_topic, msg.value(), msg.key(), headers=headers, on_delivery=report
+                topic, value, key, headers=headers, on_delivery=on_delivery
             )
         except BufferError:
-            self._produce_when_room(
-                self.settings.dlq_topic, msg.value(), msg.key(), headers, report
-            )
+            self._produce_when_room(topic, value, key, headers, on_delivery)
 
     def _message(self, invalid: InvalidEvent) -> str:
         return redacted_message(invalid) if self.settings.redact_features else invalid.message
@@ -377,9 +410,11 @@ class InferenceWorker:
         try:
             self.model = serving_model(ready, self.settings)
         except ModelError as exc:
+            self.watcher.refused(ready)
             log.error("model_refused", model=self.model.name, version=ready.version,
                       serving_version=previous, reason=str(exc))  # fmt: skip
             return
+        self.watcher.accepted(ready.manifest)
         self.model_sha256 = ready.manifest.sha256
         self.metrics.serving(self.model.name, self.model.version, self.model_sha256)
         log.info(

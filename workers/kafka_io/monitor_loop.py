@@ -12,14 +12,22 @@ from typing import Any
 
 import msgspec
 import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from workers.checkpoint import CheckpointStore
 from workers.core.alerts import Alert, FeatureAlerts, redacted
 from workers.core.drift import FeatureDrift
 from workers.core.events import EventDecoder, InvalidEvent
 from workers.core.monitor import MonitorConfig, MonitorState
-from workers.kafka_io.admin import list_topics
+from workers.kafka_io.admin import create_topics, list_topics
 from workers.kafka_io.clients import (
     TXN_CALL_LIMIT_S,
     AdminAccess,
@@ -68,6 +76,16 @@ def _published_seqs(settings: MonitorSettings, transactional_id: str, since_ms: 
         consumer.close()
 
 
+def _source(msg: Message) -> tuple[int, int]:
+    """Where a re-keyed label was first read: (labels partition, offset)."""
+    headers: list[tuple[str, bytes | None]] = msg.headers() or []  # type: ignore[assignment]
+    for name, value in headers:
+        if name == "scorestream.source" and value:
+            partition, _, offset = value.decode().partition(":")
+            return int(partition), int(offset)
+    return -1, msg.offset() or 0  # not forwarded by a monitor: taken as it comes
+
+
 alert_log = structlog.get_logger("scorestream.alert")
 LOG_LEVEL_OF_SEVERITY = {"warning": "warning", "critical": "critical"}
 
@@ -108,51 +126,50 @@ class MonitorSettings:
     # Keep what quotes feature values (a feature's training and live means) out of alerts.
     redact_features: bool = False
 
+    @property
+    def repartition_topic(self) -> str:
+        """Labels re-keyed by event_id with the predictions' partitioner, owned by the group."""
+        return f"{self.group_id}-labels-repartition"
 
-def check_partition_counts(
-    settings: MonitorSettings, admin_config: dict[str, Any] | None = None
-) -> int:
-    """Predictions and labels must be co-partitioned; return their partition count."""
-    extra: dict[str, Any] = dict(settings.kafka_config if admin_config is None else admin_config)
+
+def check_topics(settings: MonitorSettings, admin_config: dict[str, Any] | None = None) -> int:
+    """Predictions and labels must exist (labels with any partition count and partitioner);
+    the repartition topic is made with as many partitions as predictions. Return that count."""
+    config: dict[str, Any] = dict(settings.kafka_config if admin_config is None else admin_config)
+    s = settings
     # Short: an unreachable cluster is retried (with backoff and a log line) by the caller.
-    topics = list_topics(settings.bootstrap_servers, extra, timeout_s=10).topics
-    joined = (settings.predictions_topic, settings.labels_topic)
+    topics = list_topics(s.bootstrap_servers, config, timeout_s=10).topics
     counts = {
         name: len(meta.partitions)
-        for name in joined
+        for name in (s.predictions_topic, s.labels_topic, s.repartition_topic)
         if (meta := topics.get(name)) is not None and meta.error is None and meta.partitions
     }
     create = (
-        f"scorestream topics create --bootstrap-servers {settings.bootstrap_servers} "
-        f"--predictions-topic {settings.predictions_topic} "
-        f"--labels-topic {settings.labels_topic} --partitions {{n}}"
+        f"scorestream topics create --bootstrap-servers {s.bootstrap_servers} "
+        f"--predictions-topic {s.predictions_topic} --labels-topic {s.labels_topic}"
     )
-    for name, other in (joined, joined[::-1]):
-        if name in counts:
-            continue
-        if other in counts:
-            raise MonitorStartupError(
-                f"topic {name!r} does not exist at {settings.bootstrap_servers}: create it with "
-                f"{counts[other]} partitions, as many as {other!r} has (the monitor joins "
-                f"partition i of one with partition i of the other): "
-                f"`{create.format(n=counts[other])}`"
-            )
+    missing = [t for t in (s.predictions_topic, s.labels_topic) if t not in counts]
+    if missing:
         raise MonitorStartupError(
-            f"topics {name!r} and {other!r} do not exist at {settings.bootstrap_servers}: "
-            f"create both with the same partition count, e.g. `{create.format(n=4)}` (or "
-            "start `scorestream infer`, which creates its predictions topic, and create the "
-            "labels topic with as many partitions)"
+            f"{' and '.join(repr(t) for t in missing)} "
+            f"{'does' if len(missing) == 1 else 'do'} not exist at {s.bootstrap_servers}: "
+            f"create {'it' if len(missing) == 1 else 'them'} with `{create}` (or start "
+            "`scorestream infer`, which creates its predictions topic)"
         )
-    if len(set(counts.values())) != 1:
-        detail = " and ".join(f"{t!r} has {n}" for t, n in counts.items())
-        most = max(counts.values())
+    partitions = counts[s.predictions_topic]
+    rekeyed = counts.get(s.repartition_topic)
+    if rekeyed is None:
+        create_topics(s.bootstrap_servers, {s.repartition_topic: partitions},
+                      client_config=config)  # fmt: skip
+        log.info("topics_created", topics=[s.repartition_topic], partitions=partitions)
+    elif rekeyed != partitions:
         raise MonitorStartupError(
-            f"{detail} partitions: the monitor joins partition i of one with partition i of "
-            f"the other, so they need the same count. Raise the smaller to {most} "
-            f"(kafka-topics.sh --alter --partitions {most}) or recreate both: "
-            f"`{create.format(n=most)}`"
+            f"the monitor's repartition topic {s.repartition_topic!r} has {rekeyed} partitions "
+            f"and {s.predictions_topic!r} has {partitions}: they must match. Delete "
+            f"{s.repartition_topic!r} (it holds only labels in transit; the monitor makes it "
+            "again) or use another --group-id"
         )
-    return counts[settings.predictions_topic]
+    return partitions
 
 
 class MonitorWorker:
@@ -166,6 +183,8 @@ class MonitorWorker:
             "labels_topic": s.labels_topic,
             "features_topic": s.features_topic or "",
         }
+        # What the state file is for; another monitor sharing it must have the same.
+        self.store_identity = identity
         self.store = CheckpointStore(s.state_dir / "monitor.sqlite", identity, s.instance_id)
         restored = self.store.load_global()
         self.state: MonitorState = (
@@ -187,6 +206,16 @@ class MonitorWorker:
         # Producers stuck inside librdkafka, kept referenced: destroying one would block too.
         self.abandoned_producers: list[Producer] = []
         self.producer: Producer = self.new_producer()
+        # Labels re-keyed onto the repartition topic; a failed one is reported here.
+        self._forward_failed: KafkaError | None = None
+        self.forwarder: Producer = self._new_forwarder()
+        # At-least-once: alerts handed to the producer and not yet acknowledged, by sequence;
+        # a failed one is produced again before the state that raised it is checkpointed.
+        self._alert_seq = 0
+        self._unacked_alerts: dict[int, tuple[bytes | None, bytes]] = {}
+        self._failed_alerts: dict[int, str] = {}
+        # The partitions this instance holds, with the generation it claimed them at.
+        self._claims: dict[tuple[str, int], int] = {}
         self.consumer: Consumer = make_consumer(
             s.bootstrap_servers,
             s.kafka_config,
@@ -208,6 +237,28 @@ class MonitorWorker:
             },
             name="monitor-consumer",
         )
+
+    def _new_forwarder(self) -> Producer:
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None and self._forward_failed is None:
+                self._forward_failed = err
+
+        s = self.settings
+        return make_producer(
+            s.bootstrap_servers, s.kafka_config, defaults={"linger.ms": 5},
+            required={
+                # The predictions' partitioner: a label lands on its prediction's partition.
+                "partitioner": "murmur2_random",
+                # In order and without gaps per partition, so a label forwarded twice (after a
+                # restart) is recognised by its source offset; any failure is fatal instead.
+                "enable.idempotence": True,
+                "enable.gapless.guarantee": True,
+                "acks": "all",
+                "delivery.report.only.error": True,
+                "on_delivery": on_delivery,
+            },
+            name="monitor-forwarder",
+        )  # fmt: skip
 
     def new_producer(self) -> Producer:
         s = self.settings
@@ -308,31 +359,89 @@ class MonitorWorker:
 
     # -- assignment: resume each partition from its checkpoint ------------------------------
 
+    def _joined(self, topic: str) -> bool:
+        """Topics whose partition n feeds join buffer n."""
+        return topic in (self.settings.predictions_topic, self.settings.repartition_topic)
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        joined_topics = (self.settings.predictions_topic, self.settings.labels_topic)
+        self._claims.update(self.store.claim([(tp.topic, tp.partition) for tp in partitions]))
         for tp in partitions:
             stored = self.store.offset(tp.topic, tp.partition)
             if stored is not None:
                 tp.offset = stored
                 self.offsets[(tp.topic, tp.partition)] = stored
-            if tp.topic in joined_topics and tp.partition not in self.state.joins:
+            if self._joined(tp.topic) and tp.partition not in self.state.joins:
                 join = self.store.load_partition(tp.partition)
                 if join is not None:
-                    self.state.joins[tp.partition] = join
+                    self.state.adopt(tp.partition, join)
         consumer.assign(partitions)
         self._assigned = True
         log.info("partitions_assigned", partitions=[_starting_at(tp) for tp in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.checkpoint()
-        for tp in partitions:
-            self.offsets.pop((tp.topic, tp.partition), None)
-            if tp.topic == self.settings.predictions_topic:
-                self.state.joins.pop(tp.partition, None)
+        if not self.checkpoint():
+            # What this instance counted since its last checkpoint came (in part) from these
+            # partitions, which their next owner re-reads from that checkpoint: counted there,
+            # it must not stay counted here.
+            self._reload_state("the checkpoint on revoke could not be saved")
+        self._drop(partitions)
         consumer.unassign()
         log.info(
             "partitions_revoked", partitions=[f"{tp.topic}[{tp.partition}]" for tp in partitions]
         )
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Another member owns them already: their state is discarded, never written, and
+        what was counted from them since the last checkpoint is taken back."""
+        self._reload_state("partitions lost")
+        self._drop(partitions)
+        consumer.unassign()
+        log.warning(
+            "partitions_lost", partitions=[f"{tp.topic}[{tp.partition}]" for tp in partitions]
+        )
+
+    def _drop(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.offsets.pop((tp.topic, tp.partition), None)
+            self._claims.pop((tp.topic, tp.partition), None)
+            if self._joined(tp.topic):
+                self.state.joins.pop(tp.partition, None)
+
+    def _reload_state(self, reason: str) -> None:
+        """Back to the last checkpoint: state, join buffers and offsets of what is held, and
+        the consumer's positions; the records since are read (and counted) again."""
+        s = self.settings
+        restored = self.store.load_global()
+        config = self.state.config
+        self.state = (
+            dataclasses.replace(restored, config=config, joins={})
+            if isinstance(restored, MonitorState)
+            else MonitorState(config)
+        )
+        if s.features_topic and s.manifest is not None:
+            self._init_feature_drift(s.manifest)
+        self._outbox = []
+        self._unacked_alerts.clear()
+        self._failed_alerts.clear()
+        rewound = []
+        for topic, partition in self._claims:
+            stored = self.store.offset(topic, partition)
+            if stored is None:
+                self.offsets.pop((topic, partition), None)
+            else:
+                self.offsets[(topic, partition)] = stored
+            if self._joined(topic):
+                join = self.store.load_partition(partition)
+                self.state.joins.pop(partition, None)
+                if join is not None:
+                    self.state.adopt(partition, join)
+            rewound.append(TopicPartition(topic, partition, OFFSET_BEGINNING if stored is None
+                                          else stored))  # fmt: skip
+        for tp in rewound:
+            with contextlib.suppress(KafkaException):  # not fetching yet: starts there anyway
+                self.consumer.seek(tp)
+        log.warning("state_reloaded", reason=reason, partitions=len(rewound),
+                    to="the last checkpoint; records since are read again")  # fmt: skip
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -342,13 +451,14 @@ class MonitorWorker:
         admin = AdminAccess(s.bootstrap_servers, s.kafka_config)
 
         def check(config: dict[str, Any]) -> None:
-            self.partitions = check_partition_counts(s, config)
+            self.partitions = check_topics(s, config)
+            self.state.config = dataclasses.replace(self.state.config, partitions=self.partitions)
 
         if not admin.retry_until_ready(check, stop, what="topics"):
             self.consumer.close()
             self.store.close()
             return
-        topics = [s.predictions_topic, s.labels_topic]
+        topics = [s.predictions_topic, s.labels_topic, s.repartition_topic]
         if s.features_topic and self.feature_decoder is not None:
             topics.append(s.features_topic)
         log.info(
@@ -378,7 +488,9 @@ class MonitorWorker:
         if s.metrics_port is not None:
             server = MetricsServer(s.metrics_port, self.metrics.registry, lambda: self._assigned)
             server.start()
-        self.consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self.consumer.subscribe(
+            topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
         try:
             self._loop(stop)
         finally:
@@ -388,6 +500,7 @@ class MonitorWorker:
             finally:
                 self.consumer.close()
                 self.producer.flush(10)
+                self.forwarder.flush(10)
                 self.store.close()
                 if server is not None:
                     server.stop()
@@ -416,8 +529,6 @@ class MonitorWorker:
                 next_summary = now + s.log_interval_s
 
     def _process(self, msgs: list[Message]) -> None:
-        s = self.settings
-        state = self.state
         now_ms = time.time_ns() // 1_000_000
         alerts: list[Alert] = []
         seen: dict[str, int] = {}
@@ -431,22 +542,59 @@ class MonitorWorker:
             if topic is None or partition is None or offset is None:
                 continue
             seen[topic] = seen.get(topic, 0) + 1
-            if topic == s.predictions_topic:
-                alerts += state.on_prediction(partition, msg.value(), now_ms)
-            elif topic == s.labels_topic:
-                alerts += state.on_label(partition, msg.value(), msg.timestamp()[1], now_ms)
-            elif self.feature_decoder is not None:
-                decoded = self.feature_decoder.decode(msg.value())
-                if not isinstance(decoded, InvalidEvent):
-                    alerts += state.on_features(decoded[1], now_ms)
+            alerts += self._one(msg, topic, partition, offset, now_ms)
             self.offsets[(topic, partition)] = offset + 1
         self._count_consumed(seen)
         for alert in alerts:
             self._raise(alert)
 
+    def _one(
+        self, msg: Message, topic: str, partition: int, offset: int, now_ms: int
+    ) -> list[Alert]:
+        s, state = self.settings, self.state
+        if topic == s.predictions_topic:
+            return state.on_prediction(partition, msg.value(), now_ms, msg.timestamp()[1])
+        if topic == s.repartition_topic:
+            return state.on_forwarded_label(
+                partition, msg.value(), msg.timestamp()[1], _source(msg), now_ms
+            )
+        if topic == s.labels_topic:
+            self._forward(msg, partition, offset)
+            return []
+        if self.feature_decoder is not None:
+            decoded = self.feature_decoder.decode(msg.value())
+            if not isinstance(decoded, InvalidEvent):
+                return state.on_features(decoded[1], now_ms)
+        return []
+
+    def _forward(self, msg: Message, partition: int, offset: int) -> None:
+        """Re-key a label by its event_id onto the repartition topic, where it meets its
+        prediction's partition whatever partitioner its producer used."""
+        key = self.state.label_key(msg.value())
+        if key is None:
+            return
+        headers: list[tuple[str, str | bytes | None]] = [
+            ("scorestream.source", f"{partition}:{offset}".encode())
+        ]
+        # The record's own time travels with it (a label without label_time is timed by it);
+        # 0 lets the client stamp one that had none.
+        stamp = max(msg.timestamp()[1], 0)
+        while True:
+            try:
+                self.forwarder.produce(self.settings.repartition_topic, msg.value(), key,
+                                       headers=headers, timestamp=stamp)  # fmt: skip
+                break
+            except BufferError:
+                self.forwarder.poll(0.1)
+        self.forwarder.poll(0)
+
     def _count_consumed(self, per_topic: dict[str, int]) -> None:
         s = self.settings
-        streams = {s.predictions_topic: "predictions", s.labels_topic: "labels"}
+        streams = {
+            s.predictions_topic: "predictions",
+            s.labels_topic: "labels",
+            s.repartition_topic: "labels_repartitioned",
+        }
         for topic, count in per_topic.items():
             self.metrics.consumed.labels(streams.get(topic, "features")).inc(count)
 
@@ -464,34 +612,90 @@ class MonitorWorker:
         if self.settings.exactly_once:
             self._outbox.append((alert.model_name.encode(), encoded, time.time_ns() // 1_000_000))
             return
+        self._alert_seq += 1
+        self._send_alert(self._alert_seq, alert.model_name.encode(), encoded)
+
+    def _send_alert(self, seq: int, key: bytes | None, value: bytes) -> None:
+        """Produce an alert and keep it until the broker acknowledges it."""
+        self._unacked_alerts[seq] = (key, value)
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            if err is None:
+                self._unacked_alerts.pop(seq, None)
+                self._failed_alerts.pop(seq, None)
+            elif seq in self._unacked_alerts:
+                self._failed_alerts[seq] = err.str()
+
         while True:
             try:
-                self.producer.produce(
-                    self.settings.alerts_topic, encoded, alert.model_name.encode()
-                )
+                self.producer.produce(self.settings.alerts_topic, value, key,
+                                      on_delivery=on_delivery)  # fmt: skip
                 break
             except BufferError:
                 self.producer.poll(0.1)
         self.producer.poll(0)
 
-    def checkpoint(self) -> None:
-        """Alerts acknowledged, then state and offsets stored together, then Kafka told.
+    def checkpoint(self) -> bool:
+        """Outputs acknowledged, then state and offsets stored together, then Kafka told;
+        True once stored.
 
-        Exactly-once: state, offsets and the alerts that state raised are stored together,
-        then the alerts are published in a transaction and dropped from the outbox."""
+        What a checkpoint stores must not run ahead of what the broker has: the labels
+        forwarded for the labels offsets it stores, and (at-least-once) the alerts its state
+        raised. Exactly-once: state, offsets and the alerts that state raised are stored
+        together, then the alerts are published in a transaction and dropped from the outbox."""
+        if not self._forwards_acknowledged():
+            return False
+        if not self.settings.exactly_once and not self._alerts_acknowledged():
+            return False
+        global_state = dataclasses.replace(self.state, joins={})
+        outbox = self._outbox if self.settings.exactly_once else ()
+        if not self.store.save(global_state, dict(self.state.joins), self.offsets, outbox,
+                               owned=self._claims):  # fmt: skip
+            # Another instance claimed one of our partitions meanwhile (this one stalled past
+            # its session): our view is stale and must not overwrite the new owner's.
+            self._reload_state("another monitor instance owns some of these partitions now")
+            return False
         if self.settings.exactly_once:
-            global_state = dataclasses.replace(self.state, joins={})
-            self.store.save(global_state, dict(self.state.joins), self.offsets, self._outbox)
             self._outbox = []
             self._publish()
-            self._commit_positions()
-            return
-        if self.producer.flush(30) > 0:
-            log.warning("checkpoint_deferred", reason="alerts not yet acknowledged")
-            return
-        global_state = dataclasses.replace(self.state, joins={})
-        self.store.save(global_state, dict(self.state.joins), self.offsets)
         self._commit_positions()
+        return True
+
+    def _forwards_acknowledged(self) -> bool:
+        if self.forwarder.flush(30) > 0:
+            log.warning("checkpoint_deferred", reason="re-keyed labels not yet acknowledged")
+            return False
+        failed, self._forward_failed = self._forward_failed, None
+        if failed is None:
+            return True
+        # Gapless: nothing after the failed one was written either. Everything since the
+        # last checkpoint is read and forwarded again (what did land is recognised).
+        log.error("labels_not_forwarded", reason=failed.str(),
+                  topic=self.settings.repartition_topic,
+                  fix="check that the monitor may write its repartition topic")  # fmt: skip
+        self.abandoned_producers.append(self.forwarder)
+        self.forwarder = self._new_forwarder()
+        self._reload_state("a re-keyed label was not delivered")
+        return False
+
+    def _alerts_acknowledged(self) -> bool:
+        self.producer.flush(30)
+        if not self._unacked_alerts:
+            return True
+        failed = dict(self._failed_alerts)
+        log.warning(
+            "checkpoint_deferred",
+            reason=f"{len(self._unacked_alerts)} alert(s) not acknowledged",
+            first_error=next(iter(failed.values()), None),
+            alerts_topic=self.settings.alerts_topic,
+            fix="check that the alerts topic exists and this client may write it; the alerts "
+            "are sent again and the state that raised them is kept until they are in",
+        )
+        for seq in failed:  # sent again; the state that raised them waits for them
+            self._failed_alerts.pop(seq, None)
+            key, value = self._unacked_alerts[seq]
+            self._send_alert(seq, key, value)
+        return False
 
     def _commit_positions(self) -> None:
         """Kafka's committed offsets only show the lag: the checkpoint is the truth."""

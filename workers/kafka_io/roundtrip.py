@@ -49,8 +49,9 @@ def produce_all(
     records: Iterable[tuple[bytes, bytes]],
     config: Mapping[str, str] | None = None,
 ) -> int:
-    """Produce with acks=all; raise unless the broker acknowledged every record. `config`:
-    extra client settings (TLS, SASL)."""
+    """Produce with acks=all and the Java clients' key hashing, as every scorestream producer
+    does; raise unless the broker acknowledged every record. `config`: extra client settings
+    (TLS, SASL)."""
     failures: list[KafkaError] = []
 
     def on_delivery(err: KafkaError | None, _msg: object) -> None:
@@ -64,7 +65,9 @@ def produce_all(
             "acks": "all",
             "enable.idempotence": True,
             "linger.ms": 5,
+            "partitioner": "murmur2_random",
             "logger": _QUIET,
+            **(config or {}),
         }
     )
     sent = 0

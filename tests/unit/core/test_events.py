@@ -115,3 +115,31 @@ def test_the_new_messages_quote_nothing_of_the_event_so_redaction_keeps_them() -
         decoded = DECODER.decode(value)
         assert isinstance(decoded, InvalidEvent)
         assert redacted_message(decoded) == decoded.message
+
+
+def test_an_extra_key_nested_deeper_than_the_stdlib_parses_is_a_dead_letter_not_a_crash() -> None:
+    """msgspec parses deeper than the stdlib parser that walks events with extra keys; between
+    the two limits (they depend on the stack) the walk used to raise RecursionError."""
+    import json  # noqa: PLC0415
+
+    import msgspec  # noqa: PLC0415
+
+    def stdlib_fails(depth: int) -> bool:
+        try:
+            json.loads(b"[" * depth + b"]" * depth)
+        except RecursionError:
+            return True
+        return False
+
+    depth = next(n for n in range(500, 5000) if stdlib_fails(n))
+    value = (
+        b'{"event_id": "a", "features": {"mean radius": 1, "b": 2, "c": 3}, "x": '
+        + b"[" * depth
+        + b"]" * depth
+        + b"}"
+    )
+    msgspec.json.decode(value)  # the fast decoder takes it: only the walk was in danger
+    decoded = DECODER.decode(value)
+    assert isinstance(decoded, InvalidEvent)
+    assert decoded.error_type == ErrorType.DECODE
+    assert decoded.message == "JSON nested too deeply"

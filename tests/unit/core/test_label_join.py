@@ -129,3 +129,79 @@ def test_shuffled_streams_give_exact_counts(seed: int) -> None:
     assert join.counters.orphan_labels == only_label
     assert not join.predictions
     assert not join.labels
+
+
+def test_one_far_future_event_time_holds_back_no_expiry() -> None:
+    """Expiry goes by time: an entry stamped in microseconds (or in 2100) that arrived first
+    must not keep the 2,000 behind it pending."""
+    join = new_join(max_pending=10_000)
+    join.add_prediction("micros", prediction(1_700_000_000_000_000))
+    for i in range(2000):
+        join.add_prediction(f"p{i}", prediction(i * 1000))
+    join.advance(2000 * 1000 + HOUR + 1)
+    assert join.counters.expired_without_label == 2000
+    assert list(join.predictions) == ["micros"]
+
+
+def test_expiry_is_exact_inside_a_bucket_whatever_the_arrival_order() -> None:
+    join = new_join(max_pending=10_000)
+    times = [5, 900, 3, 1500, 1000, 2, 1023, 1024, 700]
+    for i, t in enumerate(times):
+        join.add_prediction(f"p{i}", prediction(t))
+    for horizon in range(1600):
+        join.advance(HOUR + horizon)
+        due = {f"p{i}" for i, t in enumerate(times) if t < horizon}
+        assert set(join.predictions) == {f"p{i}" for i in range(len(times))} - due, horizon
+    assert join.counters.expired_without_label == len(times)
+
+
+def test_labels_expire_by_time_too() -> None:
+    join = new_join()
+    join.add_label("future", 1, 10**15)
+    join.add_label("a", 1, 0)
+    join.add_prediction("clock", prediction(600_001))
+    join.add_label("b", 1, 600_001)  # the label side's clock: "a" is past the orphan TTL
+    assert join.counters.orphan_labels == 1
+    assert set(join.labels) == {"future", "b"}
+
+
+def test_the_expiry_index_stays_small_when_most_entries_join() -> None:
+    join = new_join(max_pending=100_000)
+    for i in range(50_000):
+        join.add_prediction(f"p{i}", prediction(i))
+        assert join.add_label(f"p{i}", 1, i) is not None
+    keys = sum(len(k) for k in join.prediction_expiry.buckets.values())
+    assert keys < 2_000  # compacted as entries join, not kept until their bucket expires
+    assert len(join.prediction_expiry) == 0
+
+
+def test_a_checkpoint_from_before_the_expiry_index_loads_and_expires() -> None:
+    import pickle  # noqa: PLC0415
+
+    join = new_join()
+    join.add_prediction("a", prediction(0))
+    join.add_label("x", 1, 5)
+    slots = {name: getattr(join, name) for name in LabelJoin.__slots__}
+    del slots["prediction_expiry"], slots["label_expiry"]  # as an older version wrote it
+    old = LabelJoin.__new__(LabelJoin)
+    old.__setstate__((None, slots))
+    restored = pickle.loads(pickle.dumps(old))  # noqa: S301 - our own bytes
+    restored.advance(HOUR + 1)
+    assert restored.counters.expired_without_label == 1
+    assert restored.counters.orphan_labels == 1
+
+
+def test_re_keyed_labels_move_the_clock_only_as_far_as_their_slowest_source() -> None:
+    """Labels of several source partitions arrive merged, one source read far ahead: its
+    label times must not expire predictions whose labels another source still brings."""
+    join = new_join(max_pending=10_000)
+    join.add_prediction("a", prediction(0))
+    join.add_prediction("late-clock", prediction(10 * HOUR))
+    join.add_label("y", 1, 5, source=1)  # both sources start together...
+    join.add_label("w", 1, 4, source=0)
+    join.add_label("x", 1, 10 * HOUR, source=0)  # ...then source 0 is read far ahead
+    assert join.counters.expired_without_label == 0
+    assert join.add_label("a", 1, 6, source=1) is not None
+    join.add_label("z", 1, 10 * HOUR, source=1)  # now both are far ahead
+    assert join.counters.expired_without_label == 0  # "late-clock" is within its TTL
+    assert join.watermark == 10 * HOUR

@@ -24,3 +24,23 @@ def test_the_summary_names_the_baseline_as_alerts_and_the_readme_do() -> None:
     assert version["baseline_accuracy"] == 1.0  # the first `window` outcomes
     assert version["window_accuracy"] == 0.5
     assert version["joined"] == 6
+
+
+@pytest.mark.parametrize("classes", [(9, 10), (2, 10), (-2, -1), ("no", "yes")])
+def test_binary_metrics_take_the_positive_class_in_the_models_order(
+    classes: tuple[object, object],
+) -> None:
+    negative, positive = classes
+    state = MonitorState(MonitorConfig(window=100))
+    # (predicted, actual): 3 true positives, 1 false negative, 2 true negatives.
+    pairs = [(positive, positive)] * 3 + [(negative, positive)] + [(negative, negative)] * 2
+    for i, (predicted, actual) in enumerate(pairs):
+        probabilities = {str(negative): 0.4, str(positive): 0.6}  # classes_ order
+        body = {"event_id": f"e{i}", "model_name": "m", "model_version": 1,
+                "label": predicted, "event_time": i, "probabilities": probabilities}  # fmt: skip
+        state.on_prediction(0, json.dumps(body).encode(), now_ms=0)
+        label = {"event_id": f"e{i}", "label": actual, "label_time": i}
+        state.on_label(0, json.dumps(label).encode(), 0, now_ms=0)
+    version = state.metrics()["m/v1"]
+    assert version["precision"] == 1.0
+    assert version["recall"] == 0.75

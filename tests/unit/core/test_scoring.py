@@ -62,3 +62,31 @@ def test_an_empty_matrix_scores_to_nothing(trained_registry: Path) -> None:
     loaded = load_version(trained_registry / "bc" / "1")
     with pytest.raises(ValueError):  # noqa: PT011 - sklearn's own message varies
         loaded.scorer.score(np.empty((0, 30)))
+
+
+def test_a_model_fitted_on_a_float_target_predicts_integer_labels() -> None:
+    import numpy as np  # noqa: PLC0415
+    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
+
+    from workers.core.scoring import SklearnClassifierScorer  # noqa: PLC0415
+
+    x = np.array([[0.0], [1.0], [2.0], [3.0]])
+    model = LogisticRegression().fit(x, np.array([0.0, 0.0, 1.0, 1.0]))
+    scorer = SklearnClassifierScorer(model, ["x"])
+    scored = scorer.score(x)
+    assert scorer.classes == [0, 1]
+    assert all(type(label) is int for label in scored.labels)
+
+
+def test_a_class_that_is_no_whole_number_is_refused_with_the_fix() -> None:
+    import numpy as np  # noqa: PLC0415
+    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
+
+    from workers.core.events import ClassLabelError  # noqa: PLC0415
+    from workers.core.scoring import SklearnClassifierScorer  # noqa: PLC0415
+
+    x = np.array([[0.0], [1.0], [2.0], [3.0]])
+    model = LogisticRegression().fit(x, np.array([0, 0, 1, 1]))
+    model.classes_ = np.array([0.5, 1.5])  # as a hand-rolled classifier might report them
+    with pytest.raises(ClassLabelError, match=r"y\.astype\(int\)"):
+        SklearnClassifierScorer(model, ["x"])

@@ -1,0 +1,110 @@
+"""The monitor worker's bookkeeping around rebalances, with clients that never reach a broker:
+what it keeps, takes back and refuses to write."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import TopicPartition
+
+from workers.checkpoint import CheckpointStore
+from workers.core.monitor import MonitorConfig
+from workers.kafka_io import monitor_loop
+from workers.kafka_io.monitor_loop import MonitorSettings, MonitorWorker
+
+pytestmark = pytest.mark.unit
+
+
+class NoConsumer:
+    """Stands in for the group consumer (a real one would wait for the missing coordinator
+    when closed)."""
+
+    def assign(self, _partitions: list[TopicPartition]) -> None: ...
+
+    def unassign(self) -> None: ...
+
+    def seek(self, _partition: TopicPartition) -> None: ...
+
+    def commit(self, **_how: object) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@pytest.fixture
+def worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MonitorWorker]:
+    monkeypatch.setattr(monitor_loop, "make_consumer", lambda *_a, **_k: NoConsumer())
+    settings = MonitorSettings(
+        bootstrap_servers="127.0.0.1:1", predictions_topic="preds", labels_topic="labels",
+        alerts_topic="alerts", group_id="g", kafka_config={"message.timeout.ms": "1000"},
+        state_dir=tmp_path, config=MonitorConfig(window=100),
+    )  # fmt: skip
+    made = MonitorWorker(settings)
+    yield made
+    made.consumer.close()
+    made.store.close()
+
+
+def _join_one(worker: MonitorWorker, i: int) -> None:
+    body = {"event_id": f"e{i}", "model_name": "m", "model_version": 1, "label": 1,
+            "event_time": 1000 + i}  # fmt: skip
+    worker.state.on_prediction(0, json.dumps(body).encode(), 0)
+    label = json.dumps({"event_id": f"e{i}", "label": 1, "label_time": 1000 + i}).encode()
+    worker.state.on_forwarded_label(0, label, 0, (0, i), 0)
+    worker.offsets[("preds", 0)] = i + 1
+
+
+def _joined(worker: MonitorWorker) -> int:
+    versions = worker.state.metrics()
+    return int(versions["m/v1"]["joined"]) if versions else 0
+
+
+PARTITIONS = [TopicPartition("preds", 0), TopicPartition("g-labels-repartition", 0)]
+
+
+def test_a_revoke_whose_checkpoint_fails_takes_back_what_was_counted_since(
+    worker: MonitorWorker,
+) -> None:
+    worker._on_assign(NoConsumer(), PARTITIONS)  # type: ignore[arg-type]  # noqa: SLF001
+    for i in range(5):
+        _join_one(worker, i)
+    assert worker.checkpoint()
+    for i in range(5, 8):
+        _join_one(worker, i)
+    assert _joined(worker) == 8
+    # An alert the broker has not acknowledged: the checkpoint on revoke cannot be saved.
+    worker._unacked_alerts[1] = (b"m", b"{}")  # noqa: SLF001
+    worker._on_revoke(NoConsumer(), PARTITIONS)  # type: ignore[arg-type]  # noqa: SLF001
+    # The next owner re-reads events 5-7 from the checkpoint: they are no longer counted here.
+    assert _joined(worker) == 5
+
+
+def test_lost_partitions_are_discarded_not_written(worker: MonitorWorker) -> None:
+    worker._on_assign(NoConsumer(), PARTITIONS)  # type: ignore[arg-type]  # noqa: SLF001
+    for i in range(4):
+        _join_one(worker, i)
+    assert worker.checkpoint()
+    _join_one(worker, 4)
+    worker._on_lost(NoConsumer(), PARTITIONS)  # type: ignore[arg-type]  # noqa: SLF001
+    assert _joined(worker) == 4
+    assert worker.store.offset("preds", 0) == 4
+    assert worker.state.joins == {}
+
+
+def test_a_stalled_owner_does_not_overwrite_the_new_owners_checkpoint(
+    worker: MonitorWorker, tmp_path: Path
+) -> None:
+    worker._on_assign(NoConsumer(), PARTITIONS)  # type: ignore[arg-type]  # noqa: SLF001
+    for i in range(3):
+        _join_one(worker, i)
+    assert worker.checkpoint()
+    # Meanwhile the group gave the partitions to another instance sharing the state dir.
+    other = CheckpointStore(tmp_path / "monitor.sqlite", worker.store_identity, "other")
+    other.claim([("preds", 0), ("g-labels-repartition", 0)])
+    other.close()
+    _join_one(worker, 3)
+    assert not worker.checkpoint()
+    assert worker.store.offset("preds", 0) == 3  # not 4: the stale save was refused
+    assert _joined(worker) == 3  # and this instance went back to what it had stored
