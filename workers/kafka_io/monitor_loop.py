@@ -544,6 +544,7 @@ class MonitorWorker:
             seen[topic] = seen.get(topic, 0) + 1
             alerts += self._one(msg, topic, partition, offset, now_ms)
             self.offsets[(topic, partition)] = offset + 1
+        self.forwarder.poll(0)  # delivery reports of the labels forwarded, once a batch
         self._count_consumed(seen)
         for alert in alerts:
             self._raise(alert)
@@ -586,7 +587,6 @@ class MonitorWorker:
                 break
             except BufferError:
                 self.forwarder.poll(0.1)
-        self.forwarder.poll(0)
 
     def _count_consumed(self, per_topic: dict[str, int]) -> None:
         s = self.settings
