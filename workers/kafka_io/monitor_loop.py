@@ -229,7 +229,7 @@ class MonitorWorker:
             },
             required={
                 "group.id": s.group_id,
-                # Range assigns partition n of both topics to the same member: co-partitioned.
+                # Range gives partition n of predictions and of the re-keyed labels to one member.
                 "partition.assignment.strategy": "range",
                 # The checkpoint is the source of truth; Kafka commits only show the lag.
                 "enable.auto.commit": False,
