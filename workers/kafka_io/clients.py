@@ -86,22 +86,23 @@ class ErrorReporter:
     def __call__(self, err: KafkaError) -> None:
         now = time.monotonic()
         code = err.code()
+        if not err.fatal() and now - self._last.get(code, -1e9) < self.interval_s:
+            self._suppressed[code] = self._suppressed.get(code, 0) + 1
+            return
+        self._last[code] = now
         if code in COORDINATOR_LOADING and not err.fatal():
+            self._suppressed.pop(code, None)
             log_coordinator_loading(self.client, err.str(), retry_in_s=0)
             return
-        if err.fatal() or now - self._last.get(code, -1e9) >= self.interval_s:
-            log.warning(
-                "kafka_client_error",
-                client=self.client,
-                code=err.name(),
-                reason=err.str(),
-                fatal=err.fatal(),
-                retriable=err.retriable(),
-                suppressed=self._suppressed.pop(code, 0),
-            )
-            self._last[code] = now
-        else:
-            self._suppressed[code] = self._suppressed.get(code, 0) + 1
+        log.warning(
+            "kafka_client_error",
+            client=self.client,
+            code=err.name(),
+            reason=err.str(),
+            fatal=err.fatal(),
+            retriable=err.retriable(),
+            suppressed=self._suppressed.pop(code, 0),
+        )
 
 
 def _logger(name: str) -> logging.Logger:

@@ -186,12 +186,7 @@ class MonitorWorker:
         # What the state file is for; another monitor sharing it must have the same.
         self.store_identity = identity
         self.store = CheckpointStore(s.state_dir / "monitor.sqlite", identity, s.instance_id)
-        restored = self.store.load_global()
-        self.state: MonitorState = (
-            dataclasses.replace(restored, config=s.config, joins={})
-            if isinstance(restored, MonitorState)
-            else MonitorState(s.config)
-        )
+        self.state: MonitorState = self._stored_state(s.config)
         self.feature_decoder: EventDecoder | None = None
         if s.features_topic and s.manifest is not None:
             self._init_feature_drift(s.manifest)
@@ -366,14 +361,9 @@ class MonitorWorker:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._claims.update(self.store.claim([(tp.topic, tp.partition) for tp in partitions]))
         for tp in partitions:
-            stored = self.store.offset(tp.topic, tp.partition)
+            stored = self._restore(tp.topic, tp.partition)
             if stored is not None:
                 tp.offset = stored
-                self.offsets[(tp.topic, tp.partition)] = stored
-            if self._joined(tp.topic) and tp.partition not in self.state.joins:
-                join = self.store.load_partition(tp.partition)
-                if join is not None:
-                    self.state.adopt(tp.partition, join)
         consumer.assign(partitions)
         self._assigned = True
         log.info("partitions_assigned", partitions=[_starting_at(tp) for tp in partitions])
@@ -407,17 +397,30 @@ class MonitorWorker:
             if self._joined(tp.topic):
                 self.state.joins.pop(tp.partition, None)
 
+    def _stored_state(self, config: MonitorConfig) -> MonitorState:
+        """This instance's state as last checkpointed (join buffers come with partitions)."""
+        restored = self.store.load_global()
+        if isinstance(restored, MonitorState):
+            return dataclasses.replace(restored, config=config, joins={})
+        return MonitorState(config)
+
+    def _restore(self, topic: str, partition: int) -> int | None:
+        """A partition's checkpointed offset (None: none stored) and, for a joined topic, its
+        join buffers; both become this instance's."""
+        stored = self.store.offset(topic, partition)
+        if stored is not None:
+            self.offsets[(topic, partition)] = stored
+        if self._joined(topic) and partition not in self.state.joins:
+            join = self.store.load_partition(partition)
+            if join is not None:
+                self.state.adopt(partition, join)
+        return stored
+
     def _reload_state(self, reason: str) -> None:
         """Back to the last checkpoint: state, join buffers and offsets of what is held, and
         the consumer's positions; the records since are read (and counted) again."""
         s = self.settings
-        restored = self.store.load_global()
-        config = self.state.config
-        self.state = (
-            dataclasses.replace(restored, config=config, joins={})
-            if isinstance(restored, MonitorState)
-            else MonitorState(config)
-        )
+        self.state = self._stored_state(self.state.config)
         if s.features_topic and s.manifest is not None:
             self._init_feature_drift(s.manifest)
         self._outbox = []
@@ -425,16 +428,8 @@ class MonitorWorker:
         self._failed_alerts.clear()
         rewound = []
         for topic, partition in self._claims:
-            stored = self.store.offset(topic, partition)
-            if stored is None:
-                self.offsets.pop((topic, partition), None)
-            else:
-                self.offsets[(topic, partition)] = stored
-            if self._joined(topic):
-                join = self.store.load_partition(partition)
-                self.state.joins.pop(partition, None)
-                if join is not None:
-                    self.state.adopt(partition, join)
+            self.offsets.pop((topic, partition), None)
+            stored = self._restore(topic, partition)
             rewound.append(TopicPartition(topic, partition, OFFSET_BEGINNING if stored is None
                                           else stored))  # fmt: skip
         for tp in rewound:

@@ -25,6 +25,7 @@ def test_a_loading_coordinator_is_told_as_progress_not_as_a_failure() -> None:
     loading = KafkaError(KafkaError.COORDINATOR_LOAD_IN_PROGRESS, "Coordinator load in progress")
     with capture_logs() as logs:
         report(loading)
+        report(loading)  # within the interval: counted, not logged again
     assert [(e["event"], e["log_level"]) for e in logs] == [("kafka_coordinator_loading", "info")]
     assert "normal" in logs[0]["note"]
 
