@@ -25,17 +25,28 @@ import numpy as np
 import structlog
 
 from workers.core.events import ClassLabelError
+from workers.core.feature_spec import FeatureSpec, FeatureSpecError, specs_from_manifest
+from workers.core.frame import FrameScorer
 from workers.core.scoring import (
+    Columns,
     Label,
+    Matrix,
     RiverClassifierScorer,
     Scorer,
     SklearnClassifierScorer,
+    SklearnRegressorScorer,
+    columns_from_rows,
 )
+from workers.library_versions import installed_versions
 from workers.signing import SIGNATURE, SignatureError, Verifier
 
 MANIFEST = "manifest.json"
 ARTIFACT = "model.joblib"
-FRAMEWORKS = ("sklearn", "river")
+ONNX_ARTIFACT = "model.onnx"
+FRAMEWORKS = ("sklearn", "river", "onnx")
+TASKS = ("classification", "regression")
+# How the model takes a batch: a float matrix in manifest order, or a DataFrame.
+INPUTS = ("matrix", "frame")
 REQUIRED_FIELDS = ("name", "version", "framework", "features", "sha256", "created_at")
 
 NO_KEYS = Verifier()  # no verification key: signatures are not required
@@ -56,6 +67,17 @@ class Manifest:
     classes: tuple[Label, ...]
     sha256: str
     raw: Mapping[str, Any] = field(repr=False)
+    task: str = "classification"
+    specs: tuple[FeatureSpec, ...] = ()
+    input: str = "matrix"
+
+    @property
+    def regression(self) -> bool:
+        return self.task == "regression"
+
+    @property
+    def artifact(self) -> str:
+        return ONNX_ARTIFACT if self.framework == "onnx" else ARTIFACT
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: str) -> Manifest:
@@ -75,6 +97,18 @@ class Manifest:
         version = data["version"]
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise ModelError(f"{where}: version must be a positive integer")
+        task = data.get("task", "classification")
+        if task not in TASKS:
+            raise ModelError(f"{where}: task {task!r} is not one of {TASKS}")
+        model_input = data.get("input", "matrix")
+        if model_input not in INPUTS:
+            raise ModelError(f"{where}: input {model_input!r} is not one of {INPUTS}")
+        try:
+            specs = specs_from_manifest(features, data.get("feature_kinds"))
+        except FeatureSpecError as exc:
+            raise ModelError(f"{where}: {exc}") from exc
+        if model_input == "matrix" and any(spec.json_type == "string" for spec in specs):
+            raise ModelError(f"{where}: a model that takes a matrix takes no strings")
         return cls(
             name=str(data["name"]),
             version=version,
@@ -83,11 +117,28 @@ class Manifest:
             classes=tuple(data.get("classes") or ()),
             sha256=str(data["sha256"]),
             raw=dict(data),
+            task=task,
+            specs=specs,
+            input=model_input,
         )
 
     def training_means(self) -> list[float]:
         summary = self.raw.get("feature_summary") or {}
         return [float(summary.get(f, {}).get("mean", 0.0)) for f in self.features]
+
+    def probe_rows(self) -> Matrix | Columns:
+        """Rows a loaded model must score: the one recorded at registration, else the
+        training means (what manifests before `probe` had)."""
+        probe = self.raw.get("probe")
+        if isinstance(probe, dict) and all(f in probe for f in self.features):
+            row = tuple(probe[f] for f in self.features)
+            if self.specs and all(s.numeric and not s.nullable for s in self.specs):
+                return np.array([row], dtype=np.float64)
+            return columns_from_rows([row], [s.numeric for s in self.specs])
+        means = np.array([self.training_means()], dtype=np.float64)
+        if all(s.numeric and not s.nullable for s in self.specs):
+            return means
+        return columns_from_rows([tuple(means[0])], [True] * len(self.features))
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,26 +225,90 @@ def load_version(version_dir: Path, verifier: Verifier = NO_KEYS) -> LoadedModel
     manifest_bytes = _read_manifest_bytes(version_dir)
     verify_signature(version_dir, manifest_bytes, verifier)
     manifest = parse_manifest(manifest_bytes, version_dir)
+    artifact = version_dir / manifest.artifact
     try:
-        blob = (version_dir / ARTIFACT).read_bytes()
+        blob = artifact.read_bytes()
     except OSError as exc:
-        raise ModelError(f"{version_dir / ARTIFACT}: {exc.strerror}") from exc
+        raise ModelError(f"{artifact}: {exc.strerror}") from exc
     actual = sha256_hex(blob)
     if actual != manifest.sha256:
         raise ModelError(
-            f"{version_dir / ARTIFACT}: sha256 {actual} does not match the manifest's "
+            f"{artifact}: sha256 {actual} does not match the manifest's "
             f"{manifest.sha256}; refusing to load it"
         )
-    try:
-        model = joblib.load(io.BytesIO(blob))
-    except Exception as exc:  # an unpickling failure can raise anything
-        raise ModelError(f"{version_dir / ARTIFACT}: cannot be loaded: {exc!r}") from exc
-    scorer = make_scorer(manifest, model)
+    _log_version_differences(manifest)
+    if manifest.framework == "onnx":
+        from workers.onnx_model import OnnxScorer, OnnxUnavailableError  # noqa: PLC0415
+
+        try:
+            scorer: Scorer = OnnxScorer(blob, manifest.specs, manifest.classes, manifest.regression)
+        except OnnxUnavailableError as exc:
+            raise ModelError(f"{artifact}: {exc}") from exc
+        except Exception as exc:  # onnxruntime's refusal of a graph can be anything
+            raise ModelError(f"{artifact}: onnxruntime cannot run it: {exc!r}") from exc
+    else:
+        try:
+            model = joblib.load(io.BytesIO(blob))
+        except Exception as exc:  # an unpickling failure can raise anything
+            raise ModelError(
+                f"{artifact}: cannot be loaded: {exc!r}{_version_hint(manifest)}"
+            ) from exc
+        scorer = make_scorer(manifest, model)
     _probe(manifest, scorer, version_dir)
     return LoadedModel(manifest, scorer, version_dir)
 
 
-def make_scorer(manifest: Manifest, model: Any) -> Scorer:  # noqa: ANN401
+def _differences(manifest: Manifest) -> dict[str, tuple[str, str | None]]:
+    """Libraries whose installed version differs from the one the artifact was saved with."""
+    recorded = manifest.raw.get("versions")
+    if not isinstance(recorded, dict):
+        return {}
+    installed = installed_versions(list(recorded))
+    return {
+        lib: (str(saved), installed.get(lib))
+        for lib, saved in recorded.items()
+        if installed.get(lib) != str(saved)
+    }
+
+
+def _log_version_differences(manifest: Manifest) -> None:
+    differences = _differences(manifest)
+    if differences:
+        log.warning(
+            "library_versions_differ",
+            model=manifest.name,
+            version=manifest.version,
+            libraries={
+                lib: {"manifest": saved, "installed": now}
+                for lib, (saved, now) in differences.items()
+            },
+        )
+
+
+def _version_hint(manifest: Manifest) -> str:
+    differences = _differences(manifest)
+    if not differences:
+        return ""
+    said = ", ".join(
+        f"{lib} {saved} (installed: {now or 'none'})" for lib, (saved, now) in differences.items()
+    )
+    return f"; it was saved with {said}: install those versions where the worker runs"
+
+
+def make_scorer(manifest: Manifest, model: Any) -> Scorer:  # noqa: ANN401, C901
+    where = f"{manifest.name} v{manifest.version}"
+    if manifest.input == "frame":
+        if not hasattr(model, "predict" if manifest.regression else "predict_proba"):
+            raise ModelError(f"{where}: the model has no {_method(manifest)}")
+        try:
+            return FrameScorer(model, manifest.specs, regression=manifest.regression)
+        except ClassLabelError as exc:
+            raise ModelError(f"{where}: {exc}") from exc
+    if manifest.regression:
+        if not hasattr(model, "predict"):
+            raise ModelError(f"{where}: not a fitted regressor with predict")
+        _check_width(manifest, model)
+        return SklearnRegressorScorer(model, manifest.features)
     if manifest.framework == "river":
         if not hasattr(model, "predict_proba_one"):
             raise ModelError(f"{manifest.name} v{manifest.version}: river model is no classifier")
@@ -204,21 +319,29 @@ def make_scorer(manifest: Manifest, model: Any) -> Scorer:  # noqa: ANN401
         raise ModelError(
             f"{manifest.name} v{manifest.version}: not a fitted classifier with predict_proba"
         )
-    n_features = getattr(model, "n_features_in_", len(manifest.features))
-    if n_features != len(manifest.features):
-        raise ModelError(
-            f"{manifest.name} v{manifest.version}: model expects {n_features} features, "
-            f"manifest lists {len(manifest.features)}"
-        )
+    _check_width(manifest, model)
     try:
         return SklearnClassifierScorer(model, manifest.features)
     except ClassLabelError as exc:
         raise ModelError(f"{manifest.name} v{manifest.version}: {exc}") from exc
 
 
+def _method(manifest: Manifest) -> str:
+    return "predict" if manifest.regression else "predict_proba"
+
+
+def _check_width(manifest: Manifest, model: Any) -> None:  # noqa: ANN401
+    n_features = getattr(model, "n_features_in_", len(manifest.features))
+    if n_features != len(manifest.features):
+        raise ModelError(
+            f"{manifest.name} v{manifest.version}: model expects {n_features} features, "
+            f"manifest lists {len(manifest.features)}"
+        )
+
+
 def _probe(manifest: Manifest, scorer: Scorer, where: Path) -> None:
-    """Score one row of training means: a model that loads but cannot score is refused now."""
-    row = np.array([manifest.training_means()], dtype=np.float64)
+    """Score the manifest's probe row: a model that loads but cannot score is refused now."""
+    row = manifest.probe_rows()
     try:
         result = scorer.score(row)
     except Exception as exc:  # the model's own failure, whatever it is
@@ -392,7 +515,7 @@ class ModelWatcher:
 def _stamp(version_dir: Path) -> tuple[int, ...]:
     """When the version's files last changed: a refused version is retried once they do."""
     stamps = []
-    for name in (MANIFEST, ARTIFACT, SIGNATURE):
+    for name in (MANIFEST, ARTIFACT, ONNX_ARTIFACT, SIGNATURE):
         try:
             stamps.append((version_dir / name).stat().st_mtime_ns)
         except OSError:

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Final
 
 import msgspec
 
+from workers.core.feature_spec import FeatureSpec, plain_numeric
+
 MAX_EVENT_ID_CHARS: Final = 256
 DEFAULT_MAX_VALUE_BYTES: Final = 1_048_576
 # Keys in one event's `features` object (the model's plus ignored extras): bounds the work a
@@ -50,8 +52,22 @@ class ErrorType(StrEnum):
     MODEL = "model"  # the model failed on it
 
 
-# (event_id, features in manifest order, event_time or None)
-DecodedEvent = tuple[str, tuple[float, ...], int | None]
+# (event_id, features in manifest order, event_time or None). The features are floats for a
+# plain numeric model; numbers, strings, booleans and None by kind for any other.
+DecodedEvent = tuple[str, tuple[Any, ...], int | None]
+
+# The Python type msgspec decodes each JSON type of a feature into (and refuses others with).
+_WIRE_TYPES: Final[dict[str, Any]] = {
+    "number": float,
+    "string": str,
+    "integer": int,
+    "boolean": bool,
+}
+
+
+def wire_type(spec: FeatureSpec) -> Any:  # noqa: ANN401 - a type expression
+    base = _WIRE_TYPES[spec.json_type]
+    return base | None if spec.nullable else base
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +84,7 @@ class Prediction(msgspec.Struct, omit_defaults=True, gc=False):
     event_id: str
     model_name: str
     model_version: int
-    label: str | int | bool
+    label: str | int | bool | float
     score: float
     event_time: int
     scored_at: int
@@ -81,12 +97,17 @@ class EventDecoder:
 
     def __init__(
         self,
-        features: Sequence[str],
+        features: Sequence[str] | Sequence[FeatureSpec],
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
         *,
         max_event_id_chars: int = MAX_EVENT_ID_CHARS,
         max_features: int = DEFAULT_MAX_FEATURES,
     ) -> None:
+        specs = tuple(f if isinstance(f, FeatureSpec) else FeatureSpec(f) for f in features)
+        features = [spec.name for spec in specs]
+        self.specs = specs
+        # Every feature a non-nullable number: rows go straight into one float matrix.
+        self.plain_numeric = plain_numeric(specs)
         if not features:
             raise ValueError("a model needs at least one feature")
         if len(set(features)) != len(features):
@@ -103,7 +124,7 @@ class EventDecoder:
         # Field names must be identifiers; the wire names ("mean radius") are the renames.
         features_struct = msgspec.defstruct(
             "Features",
-            [(name, float) for name in fields],
+            [(name, wire_type(spec)) for name, spec in zip(fields, specs, strict=True)],
             rename=dict(zip(fields, self.features, strict=True)),
             forbid_unknown_fields=False,
             gc=False,
@@ -137,14 +158,15 @@ class EventDecoder:
         problem = self.key_problem(value, event_id, event_time)  # type: ignore[arg-type]
         if problem is not None:
             return problem
-        for index, x in enumerate(row):
+        for index, (x, spec) in enumerate(zip(row, self.specs, strict=True)):
             # JSON has no NaN/Infinity literals, but an overflowing number such as 1e400
             # must still never reach the model.
-            if not math.isfinite(x):
+            if spec.numeric and x is not None and not math.isfinite(x):
                 return self.not_finite(index)
         return decoded
 
     def not_finite(self, index: int) -> InvalidEvent:
+        """An overflowing number (1e400 decodes to infinity) in the feature at `index`."""
         return InvalidEvent(
             ErrorType.FEATURES, f"feature {self.features[index]!r} is not a finite number"
         )
@@ -222,7 +244,31 @@ class EventDecoder:
             missing = [name for name in self.features if name not in envelope.features]
             if missing:
                 return self._missing(missing, envelope.features)
-        return _classify(message)
+        misfit = self._misfit(message)
+        return misfit if misfit is not None else _classify(message)
+
+    def _misfit(self, message: str) -> InvalidEvent | None:
+        """A feature value of the wrong JSON type, said in the feature's own terms."""
+        match = _MISFIT.match(message)
+        if match is None:
+            return None
+        name = match.group("path").removeprefix(".features.")
+        spec = next((s for s in self.specs if s.name == name), None)
+        if spec is None:
+            return None
+        got = match.group("got")
+        expected = _JSON_TYPE_WORDS[spec.json_type]
+        if got == "null":
+            return InvalidEvent(
+                ErrorType.FEATURES,
+                f"feature {name!r} is null, which the model's manifest does not allow "
+                f"(not nullable): send {expected}",
+            )
+        return InvalidEvent(
+            ErrorType.FEATURES,
+            f"feature {name!r} is {_GOT_WORDS.get(got, got)}; the model takes {expected} "
+            f"({spec.kind}{', or null' if spec.nullable else ''})",
+        )
 
     def _missing(self, missing: list[str], present: dict[str, Any]) -> InvalidEvent:
         """Name every missing feature (up to MISSING_NAMED), and say when the event has them
@@ -241,6 +287,25 @@ class EventDecoder:
                 f"names as the model's manifest lists them (e.g. {respelled[0]!r})"
             )
         return InvalidEvent(ErrorType.FEATURES, message)
+
+
+_MISFIT: Final = re.compile(
+    r"^Expected `[^`]*`, got `(?P<got>\w+)` - at `\$(?P<path>\.features\..*)`$"
+)
+_JSON_TYPE_WORDS: Final = {
+    "number": "a number",
+    "string": "a string",
+    "integer": "an integer",
+    "boolean": "true or false",
+}
+_GOT_WORDS: Final = {
+    "int": "a number",
+    "float": "a number",
+    "str": "a string",
+    "bool": "a boolean",
+    "object": "an object",
+    "array": "an array",
+}
 
 
 def _malformed(value: bytes, exc: Exception) -> InvalidEvent:
@@ -279,6 +344,9 @@ _SAFE_MESSAGES: Final = re.compile(
     r"|JSON nested too deeply|a key appears twice in one JSON object"
     r"|\d+ keys in features, more than the limit of \d+"
     r"|feature `[^`]*` is not a finite number"
+    r"|feature `[^`]*` is null, which the model`s manifest does not allow \(not nullable\): "
+    r"send [a-z ]+"
+    r"|feature `[^`]*` is an? \w+; the model takes [a-z ]+ \(\w+(, or null)?\)"
     r"|features missing: `[^`]*`(, `[^`]*`)*( and \d+ more)? \(\d+ of the model`s \d+\)"
     r"(; \d+ of them are in the event spelled differently: send the names as the model`s "
     r"manifest lists them \(e\.g\. `[^`]*`\))?"

@@ -15,7 +15,7 @@ from workers.core.events import (
     InvalidEvent,
     Prediction,
 )
-from workers.core.scoring import Matrix, ScoredBatch, Scorer
+from workers.core.scoring import Columns, Matrix, ScoredBatch, Scorer, columns_from_rows
 
 _ENCODE = msgspec.json.Encoder().encode
 
@@ -70,50 +70,56 @@ def score_batch(
     if not rows:
         return result
     dropped = _key_problems(values, indices, ids, times, with_time, decoder, timestamps_ms)
-    matrix = np.array(rows, dtype=np.float64)
-    finite = np.isfinite(matrix)
-    if not finite.all() or dropped:
-        matrix, indices, ids, times = _drop_rows(
-            matrix, finite, dropped, indices, ids, times, model.decoder, result
+    batch: Matrix | Columns
+    if decoder.plain_numeric:
+        batch = np.array(rows, dtype=np.float64)
+        finite = np.isfinite(batch)
+        not_finite = (
+            {}
+            if finite.all()
+            else {
+                j: int(np.flatnonzero(~finite[j])[0])
+                for j in np.flatnonzero(~finite.all(axis=1)).tolist()
+            }
         )
-        if not indices:
+    else:
+        batch = columns_from_rows(rows, [spec.numeric for spec in decoder.specs])
+        not_finite = batch.not_finite([spec.numeric for spec in decoder.specs])
+    if not_finite or dropped:
+        keep = _drop_rows(not_finite, dropped, indices, decoder, result)
+        if not keep:
             return result
+        batch = batch[keep] if isinstance(batch, np.ndarray) else batch.take(keep)
+        indices, ids, times = (
+            [indices[j] for j in keep],
+            [ids[j] for j in keep],
+            [times[j] for j in keep],
+        )
     try:
-        scored = _checked(model.scorer.score(matrix), len(indices))
+        scored = _checked(model.scorer.score(batch), len(indices))
     except Exception:  # noqa: BLE001 - a model failure is data: isolate the rows that cause it
-        _score_one_by_one(matrix, indices, ids, times, model, scored_at_ms, result)
+        _score_one_by_one(batch, indices, ids, times, model, scored_at_ms, result)
         return result
     _encode(scored, range(len(indices)), indices, ids, times, model, scored_at_ms, result)
     return result
 
 
-def _drop_rows(  # noqa: PLR0913, PLR0917 - the batch columns, passed through
-    matrix: Matrix,
-    finite: np.ndarray,
+def _drop_rows(
+    not_finite: dict[int, int],
     dropped: dict[int, InvalidEvent],
     indices: list[int],
-    ids: list[str],
-    times: list[int],
     decoder: EventDecoder,
     result: BatchResult,
-) -> tuple[Matrix, list[int], list[str], list[int]]:
-    """Dead-letter rows with a key problem or a non-finite feature; keep the others."""
+) -> list[int]:
+    """Dead-letter rows with a key problem or a non-finite feature; return the rows kept."""
     # An overflowing number such as 1e400 decodes to infinity: never let it reach the model.
-    bad_rows = np.flatnonzero(~finite.all(axis=1)).tolist()
-    for j in bad_rows:
+    for j, first_bad in not_finite.items():
         if j not in dropped:
-            first_bad = int(np.flatnonzero(~finite[j])[0])
             result.invalid.append((indices[j], decoder.not_finite(first_bad)))
     result.invalid.extend((indices[j], problem) for j, problem in dropped.items())
     result.invalid.sort(key=lambda item: item[0])
-    gone = set(dropped) | set(bad_rows)
-    keep = [j for j in range(len(indices)) if j not in gone]
-    return (
-        matrix[keep],
-        [indices[j] for j in keep],
-        [ids[j] for j in keep],
-        [times[j] for j in keep],
-    )
+    gone = set(dropped) | set(not_finite)
+    return [j for j in range(len(indices)) if j not in gone]
 
 
 def _key_problems(  # noqa: PLR0913, PLR0917 - the batch columns, passed through
@@ -160,7 +166,7 @@ def _checked(scored: ScoredBatch, expected: int) -> ScoredBatch:
 
 
 def _score_one_by_one(  # noqa: PLR0913, PLR0917 - the batch columns, passed through
-    matrix: Matrix,
+    matrix: Matrix | Columns,
     indices: list[int],
     ids: list[str],
     times: list[int],

@@ -102,15 +102,7 @@ def _logistic(
 
     def predict_proba(matrix: Matrix) -> Matrix:
         x = np.asarray(matrix, dtype=np.float64) if transform is None else transform(matrix)
-        scores = decision(x)
-        if binary:  # LinearClassifierMixin._predict_proba_lr
-            expit(scores, out=scores)
-            proba = np.stack([1 - scores, scores], axis=1)
-        else:  # sklearn.utils.extmath.softmax
-            scores -= scores.max(axis=1).reshape(-1, 1)
-            np.exp(scores, out=scores)
-            scores /= scores.sum(axis=1).reshape(-1, 1)
-            proba = scores
+        proba = proba_from_decision(decision(x), binary=binary)
         if not len(proba) or not np.isfinite(proba).all():
             # No rows or not finite ones: scikit-learn's own call raises the error it names.
             return checked(matrix)
@@ -119,12 +111,29 @@ def _logistic(
     return predict_proba
 
 
-def same_on_probes(model: Any, predict_proba: PredictProba, n_features: int) -> bool:  # noqa: ANN401
-    """Whether `predict_proba` gives `model.predict_proba`'s numbers exactly on random rows, in
-    batches of each of PROBE_ROWS."""
+def proba_from_decision(scores: Matrix, *, binary: bool) -> Matrix:
+    """LogisticRegression.predict_proba from its decision function (`scores` is overwritten)."""
+    if binary:  # LinearClassifierMixin._predict_proba_lr
+        expit(scores, out=scores)
+        return np.stack([1 - scores, scores], axis=1)
+    # sklearn.utils.extmath.softmax
+    scores -= scores.max(axis=1).reshape(-1, 1)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=1).reshape(-1, 1)
+    return scores
+
+
+def same_on_probes(
+    model: Any,  # noqa: ANN401
+    predict_proba: PredictProba,
+    n_features: int,
+    method: str = "predict_proba",
+) -> bool:
+    """Whether `predict_proba` gives `model.predict_proba`'s (or `method`'s) numbers exactly on
+    random rows, in batches of each of PROBE_ROWS."""
     rng = np.random.default_rng(0)
     for rows in PROBE_ROWS:
         probe = rng.normal(0, 3, (rows, n_features))
-        if not np.array_equal(predict_proba(probe), model.predict_proba(probe)):
+        if not np.array_equal(predict_proba(probe), getattr(model, method)(probe)):
             return False
     return True
