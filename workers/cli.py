@@ -17,6 +17,7 @@ from workers.kafka_io.monitor_loop import MonitorStartupError
 from workers.local_kafka.runtime import BrokerSetupError
 from workers.log import configure_logging
 from workers.model_store import ModelError
+from workers.registry import RegistrationError
 from workers.settings import SettingsError
 from workers.signing import SignatureError
 
@@ -34,6 +35,7 @@ USER_ERRORS = (
     CheckpointError,
     ReportError,
     SignatureError,
+    RegistrationError,
 )
 
 

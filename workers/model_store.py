@@ -360,6 +360,19 @@ def check_compatible(serving: Manifest, candidate: Manifest) -> None:
             f"version {candidate.version} needs features {missing} that version "
             f"{serving.version} does not; events valid today would be dead-lettered"
         )
+    before = {spec.name: spec for spec in serving.specs}
+    for spec in candidate.specs:
+        old = before[spec.name]
+        if old.json_type != spec.json_type or (old.nullable and not spec.nullable):
+            raise ModelError(
+                f"version {candidate.version} takes feature {spec.name!r} as "
+                f"{_described(spec)}, version {serving.version} as {_described(old)}; events "
+                "valid today would be dead-lettered"
+            )
+
+
+def _described(spec: FeatureSpec) -> str:
+    return f"{spec.json_type}{' or null' if spec.nullable else ''}"
 
 
 def resolve(model_dir: Path, pinned: int | None) -> Path:

@@ -522,11 +522,13 @@ def _checked_and_described(
 ) -> dict[str, Any]:
     names: list[str] = draft["features"]
     specs = [FeatureSpec.from_json(n, draft["feature_kinds"][n]) for n in names]
-    rows = (
-        _rows(training_data, names, PROBE_ROWS)
-        if training_data is not None and len(training_data)
-        else _synthetic_rows(model, specs)
-    )
+    rows: list[tuple[Any, ...]] = []
+    if training_data is not None:
+        # Complete rows first: whether a gap is legal is probed feature by feature below.
+        complete = training_data[names].dropna()
+        rows = _rows(complete if len(complete) else training_data, names, PROBE_ROWS)
+    if not rows:
+        rows = _synthetic_rows(model, specs)
     what = "rows of the training data" if training_data is not None else "a probe row"
     try:
         _score(model, draft, artifact, rows, specs)
@@ -582,7 +584,7 @@ def _score(
             scorer = make_scorer(manifest, model)
         except ModelError as exc:
             raise RegistrationError(str(exc)) from exc
-    if plain_numeric(specs):
+    if plain_numeric(specs) and not any(v is None for row in rows for v in row):
         return scorer.score(np.array(rows, dtype=np.float64))
     return scorer.score(columns_from_rows(rows, [s.numeric for s in specs]))
 
@@ -597,6 +599,9 @@ def _metrics(  # noqa: PLR0913, PLR0917
 ) -> dict[str, Any]:
     """Metrics of the served scores on the labelled rows of the registration data."""
     labelled = training_data[training_data[target].notna()]
+    # Rows with a gap the model cannot take are not scored in service either (dead letters).
+    required = [s.name for s in specs if not s.nullable]
+    labelled = labelled[labelled[required].notna().all(axis=1)] if required else labelled
     rows = _rows(labelled, draft["features"], len(labelled))
     truth = [_json_default_safe(v) for v in labelled[target].tolist()]
     labels: list[Any] = []

@@ -2,4 +2,7 @@
 its flags and sets `handler` to its `run(args, environ) -> exit code`."""
 
 # In the order `scorestream --help` lists them: adding a verb is one module and one name here.
-COMMANDS = ("broker", "topics", "demo", "train", "infer", "monitor", "bench", "produce", "report")
+COMMANDS = (
+    "broker", "topics", "demo", "train", "register", "infer", "monitor", "bench", "produce",
+    "report",
+)  # fmt: skip

@@ -23,7 +23,7 @@ from workers.commands.shared import (
     install_stop_handlers,
 )
 from workers.commands.train import DATASETS, load_dataset
-from workers.core.synthetic import StreamSpec, SyntheticEvent, stream
+from workers.core.synthetic import ReplaySpec, StreamSpec, SyntheticEvent, replay, stream
 from workers.kafka_io.admin import create_missing_topics
 from workers.kafka_io.clients import AdminAccess, make_producer
 from workers.model_store import load_newest_good
@@ -54,8 +54,17 @@ def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN4
     add_model_verify_option(produce, environ, action="read")
     add_option(produce, "--dataset", environ=environ, choices=sorted(DATASETS),
                default="breast_cancer", help="data set when no --model is given")  # fmt: skip
-    add_option(produce, "--events", environ=environ, type=int, default=10_000,
-               help="how many events (0: until stopped)")  # fmt: skip
+    add_option(produce, "--data", environ=environ, type=Path,
+               help="replay this table (CSV or Parquet) row by row instead of a bundled data "
+               "set: each row an event, its --target column the label")  # fmt: skip
+    add_option(produce, "--target", environ=environ,
+               help="with --data: the column holding the label (not a feature)")  # fmt: skip
+    add_option(produce, "--id-column", environ=environ,
+               help="with --data: the column holding each event's event_id (default: "
+               "PREFIX-<row number>)")  # fmt: skip
+    add_option(produce, "--events", environ=environ, type=int,
+               help="how many events (0: until stopped; default 10000, or every row of "
+               "--data once)")  # fmt: skip
     add_option(produce, "--rate", environ=environ, type=float, default=1000.0,
                help="events per second")  # fmt: skip
     add_option(produce, "--drift-at", environ=environ, type=int,
@@ -75,24 +84,34 @@ def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN4
 
 
 def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    if args.rate <= 0 or args.events < 0:
+    if args.rate <= 0 or (args.events is not None and args.events < 0):
         raise SettingsError("--rate must be > 0 and --events >= 0")
     if not 0 <= args.label_delay_min_s <= args.label_delay_max_s:
         raise SettingsError("need 0 <= --label-delay-min-s <= --label-delay-max-s")
-    dataset = args.dataset
-    if args.model is not None:
-        verifier = load_verifier(args.model_verify_key, environ)
-        manifest = load_newest_good(args.model, None, verifier).manifest
-        dataset = manifest.raw.get("dataset") or dataset
-    data = load_dataset(dataset)
-    spec = StreamSpec(
-        features=data.features, rows=data.x, labels=data.y.astype("int64"), prefix=args.prefix,
-        seed=args.seed, drift_at=args.drift_at, label_fraction=args.label_fraction,
-        label_delay_ms=(int(args.label_delay_min_s * 1000), int(args.label_delay_max_s * 1000)),
-    )  # fmt: skip
+    delays = (int(args.label_delay_min_s * 1000), int(args.label_delay_max_s * 1000))
+    spec: StreamSpec | TableReplay
+    if args.data is not None:
+        spec = table_replay(args.data, args.target, args.id_column, ReplaySpec(
+            features=(), prefix=args.prefix, seed=args.seed, label_fraction=args.label_fraction,
+            label_delay_ms=delays,
+        ))  # fmt: skip
+        events = len(spec.rows) if args.events is None else args.events
+    else:
+        dataset = args.dataset
+        if args.model is not None:
+            verifier = load_verifier(args.model_verify_key, environ)
+            manifest = load_newest_good(args.model, None, verifier).manifest
+            dataset = manifest.raw.get("dataset") or dataset
+        data = load_dataset(dataset)
+        spec = StreamSpec(
+            features=data.features, rows=data.x, labels=data.y.astype("int64"),
+            prefix=args.prefix, seed=args.seed, drift_at=args.drift_at,
+            label_fraction=args.label_fraction, label_delay_ms=delays,
+        )  # fmt: skip
+        events = 10_000 if args.events is None else args.events
     settings = ProduceSettings(
         bootstrap_servers=args.bootstrap_servers, features_topic=args.features_topic,
-        labels_topic=args.labels_topic or None, events=args.events, rate=args.rate, spec=spec,
+        labels_topic=args.labels_topic or None, events=events, rate=args.rate, spec=spec,
         kafka_config=kafka_config(args.kafka_config, args.kafka_config_file, environ),
         log_interval_s=args.log_interval_s,
     )  # fmt: skip
@@ -103,13 +122,48 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class TableReplay:
+    """A user's table to replay: rows of (event_id or None, label or None, *features)."""
+
+    spec: ReplaySpec
+    rows: list[tuple[Any, ...]]
+
+
+def table_replay(
+    path: Path, target: str | None, id_column: str | None, spec: ReplaySpec
+) -> TableReplay:
+    from workers.registry import RegistrationError, read_table  # noqa: PLC0415 - pandas
+
+    if not target:
+        raise SettingsError("--data needs --target COLUMN: the column that holds the labels")
+    try:
+        table = read_table(path)
+    except RegistrationError as exc:
+        raise SettingsError(str(exc)) from exc
+    for flag, column in (("--target", target), ("--id-column", id_column)):
+        if column is not None and column not in table.columns:
+            raise SettingsError(
+                f"{flag} {column!r} is not a column of {path} (columns: "
+                f"{', '.join(map(str, table.columns[:20]))})"
+            )
+    features = [str(c) for c in table.columns if c not in (target, id_column)]
+    ids = table[id_column].tolist() if id_column else [None] * len(table)
+    columns = [ids, table[target].tolist(), *(table[f].tolist() for f in features)]
+    rows = list(zip(*columns, strict=True))
+    return TableReplay(
+        ReplaySpec(features, spec.prefix, spec.seed, spec.label_fraction, spec.label_delay_ms),
+        rows,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class ProduceSettings:
     bootstrap_servers: str
     features_topic: str
     labels_topic: str | None
     events: int  # 0: until stopped
     rate: float  # events per second
-    spec: StreamSpec
+    spec: StreamSpec | TableReplay
     kafka_config: dict[str, str]
     partitions: int = 4
     log_interval_s: float = 5.0
@@ -150,15 +204,17 @@ def run_produce(
         what="topics",
     ):
         return counts
-    pump = _Pump(
-        s,
-        producer,
-        counts,
-        stream(s.spec, s.start_ms or time.time_ns() // 1_000_000, 1000 / s.rate),
+    start_ms = s.start_ms or time.time_ns() // 1_000_000
+    events = (
+        replay(s.spec.rows, s.spec.spec, start_ms, 1000 / s.rate)
+        if isinstance(s.spec, TableReplay)
+        else stream(s.spec, start_ms, 1000 / s.rate)
     )
+    pump = _Pump(s, producer, counts, events)
     started, next_log = time.monotonic(), time.monotonic() + s.log_interval_s
     log.info("produce_started", features_topic=s.features_topic, labels_topic=s.labels_topic,
-             events=s.events or "until stopped", rate=s.rate, drift_at=s.spec.drift_at)  # fmt: skip
+             events=s.events or "until stopped", rate=s.rate,
+             drift_at=getattr(s.spec, "drift_at", None))  # fmt: skip
     while not stop.is_set():
         due_events = int((time.monotonic() - started) * s.rate) + 1
         pump.events_until(min(due_events, s.events) if s.events else due_events)
@@ -168,7 +224,8 @@ def run_produce(
             log.info("produce_progress", events=counts.events, labels=counts.labels,
                      labels_waiting=len(pump.due_labels), failed=counts.failed)  # fmt: skip
             next_log = time.monotonic() + s.log_interval_s
-        if s.events and counts.events >= s.events and not pump.due_labels:
+        done = pump.exhausted or (s.events and counts.events >= s.events)
+        if done and not pump.due_labels:
             break
         stop.wait(0.01)
     producer.flush(30)
@@ -190,11 +247,15 @@ class _Pump:
         self.counts = counts
         self.events = events
         self.due_labels: list[tuple[int, int, SyntheticEvent]] = []  # (due ms, index, event)
+        self.exhausted = False
 
     def events_until(self, due: int) -> None:
         s, counts = self.s, self.counts
         while counts.events < due:
-            event = next(self.events)
+            event = next(self.events, None)
+            if event is None:  # the whole table is sent
+                self.exhausted = True
+                return
             key = event.event_id.encode()
             _send(self.producer, s.features_topic, key, event.value, event.event_time)
             counts.events += 1

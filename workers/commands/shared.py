@@ -26,6 +26,14 @@ class StartupError(Exception):
     """A worker cannot start; the message names the fix."""
 
 
+def names(text: str | None) -> list[str] | None:
+    """`a,b,c` -> ["a", "b", "c"] (a comma-separated flag); spaces around names are dropped."""
+    if text is None:
+        return None
+    listed = [name.strip() for name in text.split(",") if name.strip()]
+    return listed or None
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:

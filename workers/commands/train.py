@@ -1,4 +1,5 @@
-"""`scorestream train`: fit a model on a data set that ships inside a wheel and register it."""
+"""`scorestream train`: fit a model on a bundled data set, or on the user's own table, and
+register it."""
 
 from __future__ import annotations
 
@@ -17,10 +18,17 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from workers.commands.shared import EXIT_OK, add_logging_options
+from workers.commands.shared import EXIT_OK, add_logging_options, names
 from workers.core.events import class_label, snake_case
 from workers.core.feature_summary import summarize_features
 from workers.model_store import ARTIFACT, MANIFEST, list_versions, register, sha256_hex
+from workers.registry import (
+    RegistrationError,
+    classification_metrics,
+    read_table,
+    regression_metrics,
+)
+from workers.registry import register as register_fitted
 from workers.settings import SettingsError, add_option
 from workers.signing import SIGNATURE, Signer, load_signer
 
@@ -92,21 +100,120 @@ def build_estimator(estimator: str, seed: int) -> Any:  # noqa: ANN401 - sklearn
 def _metrics(
     y_true: npt.NDArray[Any], proba: npt.NDArray[np.float64], classes: list[Any]
 ) -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score  # noqa: PLC0415
+    return classification_metrics(list(y_true), proba, classes)
 
-    predicted = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
-    y_obj = np.asarray(y_true, dtype=object)
-    metrics = {
-        "accuracy": float(accuracy_score(y_obj.tolist(), predicted.tolist())),
-        "log_loss": float(log_loss(y_obj.tolist(), proba, labels=classes)),
-    }
-    if len(classes) == 2:
-        positive = classes[1]
-        metrics["roc_auc"] = float(roc_auc_score((y_obj == positive).astype(int), proba[:, 1]))
-        metrics["f1"] = float(
-            f1_score((y_obj == positive).astype(int), (predicted == positive).astype(int))
+
+def is_regression_target(target: Any) -> bool:  # noqa: ANN401 - a pandas Series
+    """A numeric target with fractional values is a quantity to predict, not a class."""
+    from pandas.api import types  # noqa: PLC0415
+
+    if types.is_bool_dtype(target.dtype) or not types.is_numeric_dtype(target.dtype):
+        return False
+    values = target.dropna().to_numpy(dtype=np.float64)
+    return bool(len(values)) and not bool(np.all(values == np.round(values)))
+
+
+def table_estimator(  # noqa: PLR0913
+    table: Any,  # noqa: ANN401 - a DataFrame
+    target: str,
+    categorical: list[str],
+    estimator: str,
+    seed: int,
+    *,
+    regression: bool,
+) -> Any:  # noqa: ANN401 - a Pipeline
+    """A pipeline for a user's table: numbers imputed (median) and scaled, categories imputed
+    (most frequent) and one-hot encoded (unseen ones score as all-zero), then the estimator."""
+    from pandas.api import types  # noqa: PLC0415
+    from sklearn.compose import ColumnTransformer  # noqa: PLC0415
+    from sklearn.ensemble import (  # noqa: PLC0415
+        HistGradientBoostingClassifier,
+        HistGradientBoostingRegressor,
+    )
+    from sklearn.impute import SimpleImputer  # noqa: PLC0415
+    from sklearn.linear_model import LogisticRegression, Ridge  # noqa: PLC0415
+    from sklearn.pipeline import Pipeline, make_pipeline  # noqa: PLC0415
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler  # noqa: PLC0415
+
+    features = [c for c in table.columns if c != target]
+    categories = [
+        c for c in features
+        if c in categorical or types.is_bool_dtype(table[c].dtype)
+        or not types.is_numeric_dtype(table[c].dtype)
+    ]  # fmt: skip
+    numbers = [c for c in features if c not in categories]
+    dense = estimator == "hist_gradient_boosting"
+    transformer = ColumnTransformer(
+        [
+            ("numeric", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()),
+             numbers),
+            ("categorical", make_pipeline(
+                SimpleImputer(strategy="most_frequent"),
+                OneHotEncoder(handle_unknown="ignore", sparse_output=not dense),
+            ), categories),
+        ],
+        sparse_threshold=0.0 if dense else 0.3,
+    )  # fmt: skip
+    final: Any
+    if estimator == "logistic_regression":
+        final = Ridge() if regression else LogisticRegression(max_iter=2000)
+    elif estimator == "hist_gradient_boosting":
+        kind = HistGradientBoostingRegressor if regression else HistGradientBoostingClassifier
+        final = kind(max_iter=100, early_stopping=False, random_state=seed)
+    else:
+        raise ValueError(
+            f"--data fits logistic_regression or hist_gradient_boosting, not {estimator}"
         )
-    return metrics
+    return Pipeline([("prepare", transformer), ("model", final)])
+
+
+def train_table(  # noqa: PLR0913
+    name: str,
+    models_dir: Path,
+    data: Path,
+    target: str,
+    *,
+    categorical: list[str],
+    estimator: str = "logistic_regression",
+    seed: int = 0,
+    test_size: float = 0.25,
+    signer: Signer | None = None,
+) -> Path:
+    """Fit on a user's table (CSV or Parquet), register it with that table as its reference
+    and the held-out split's metrics."""
+    from sklearn.model_selection import train_test_split  # noqa: PLC0415
+
+    table = read_table(data)
+    if target not in table.columns:
+        raise RegistrationError(
+            f"--target {target!r} is not a column of {data} (columns: "
+            f"{', '.join(map(str, table.columns[:20]))})"
+        )
+    unknown = sorted(set(categorical) - set(table.columns))
+    if unknown:
+        raise RegistrationError(f"--categorical names {unknown}, which are not columns of {data}")
+    table = table[table[target].notna()]
+    regression = is_regression_target(table[target])
+    model = table_estimator(table, target, categorical, estimator, seed, regression=regression)
+    x, y = table.drop(columns=[target]), table[target]
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=test_size, random_state=seed, stratify=None if regression else y
+    )
+    model.fit(x_train, y_train)
+    if regression:
+        holdout = regression_metrics(
+            y_test.to_numpy(dtype=np.float64), np.asarray(model.predict(x_test), np.float64)
+        )
+    else:
+        classes = [class_label(c) for c in model.classes_]
+        truth = [class_label(v) for v in y_test.tolist()]
+        holdout = classification_metrics(truth, model.predict_proba(x_test), classes)
+    return register_fitted(
+        model, name=name, models_dir=models_dir, training_data=table, target=target,
+        categorical=categorical, signer=signer,
+        extra={"dataset": str(data), "holdout_metrics": {**holdout, "rows": len(y_test)},
+               "seed": seed, "trained_estimator": estimator},
+    )  # fmt: skip
 
 
 def train(  # noqa: PLR0913 - one keyword per CLI flag
@@ -228,6 +335,14 @@ def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN4
         default="breast_cancer",
         help="bundled training data",
     )
+    add_option(train, "--data", environ=environ, type=Path,
+               help="fit on your own table (CSV or Parquet) instead of --dataset")  # fmt: skip
+    add_option(train, "--target", environ=environ,
+               help="with --data: the column that holds the labels (fractional numbers: a "
+               "regressor is fitted)")  # fmt: skip
+    add_option(train, "--categorical", environ=environ,
+               help="with --data: columns of numbers to encode as categories (strings, "
+               "booleans and pandas categories are anyway)")  # fmt: skip
     add_option(
         train,
         "--estimator",
@@ -273,6 +388,17 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         log.info("model_present", model=args.name, versions=existing, trained=False)
         return EXIT_OK
     signer = load_signer(args.sign_key, environ)
+    if args.data is not None:
+        if not args.target:
+            raise SettingsError("--data needs --target COLUMN: the column that holds the labels")
+        if args.estimator.startswith("river_"):
+            raise SettingsError("--data fits logistic_regression or hist_gradient_boosting")
+        folder = train_table(
+            args.name, args.models_dir, args.data, args.target,
+            categorical=names(args.categorical) or [], estimator=args.estimator,
+            seed=args.seed, signer=signer,
+        )  # fmt: skip
+        return _registered(log, folder)
     folder = train(
         args.name,
         args.models_dir,
@@ -281,6 +407,10 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         estimator=args.estimator,
         seed=args.seed,
     )
+    return _registered(log, folder)
+
+
+def _registered(log: Any, folder: Path) -> int:  # noqa: ANN401 - a structlog logger
     manifest = json.loads((folder / "manifest.json").read_text())
     log.info(
         "model_registered",
@@ -289,6 +419,8 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         path=str(folder),
         sha256=manifest["sha256"],
         signed=(folder / "manifest.sig").exists(),
-        metrics=manifest["metrics"],
+        metrics=manifest.get("metrics"),
+        holdout_metrics=manifest.get("holdout_metrics"),
     )
+    print(folder)
     return EXIT_OK

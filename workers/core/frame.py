@@ -96,7 +96,9 @@ class FrameScorer:
         result: Matrix = np.asarray(self._own(frame(columns, self.specs)))
         return result
 
-    def score(self, batch: Columns) -> ScoredBatch:
+    def score(self, batch: Columns | Matrix) -> ScoredBatch:
+        if not isinstance(batch, Columns):  # every feature a number: the decoder's matrix
+            batch = Columns(tuple(batch.T), len(batch))
         output = self._compiled(batch) if self._compiled is not None else self.own_output(batch)
         if self._classes is None:
             return regression_scored(output)

@@ -52,7 +52,7 @@ __all__ = ["InferSettings", "InferenceWorker", "serving_model"]
 def serving_model(loaded: LoadedModel, settings: InferSettings) -> ServingModel:
     try:
         decoder = EventDecoder(
-            loaded.manifest.features,
+            loaded.manifest.specs,
             settings.max_value_bytes,
             max_event_id_chars=settings.max_event_id_chars,
             max_features=settings.max_features,
