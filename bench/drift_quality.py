@@ -8,9 +8,13 @@ function changes, the features do not) as a negative control that must stay sile
 
     python bench/drift_quality.py [--seeds 30] [--out bench/results/drift_quality.json]
 
+Regressors (issue 15): absolute errors whose scale rises 1.5x at t=5000 (normal errors; Laplace
+errors, heavier-tailed, shown beside), each river detector on |error| beside the default CUSUM.
+
 Targets (issue 4): default 30/30 detected, mean delay <= 300 (0.2->0.3) and <= 80 (0.2->0.4)
 samples, <= 0.1 false alarms per 10k samples, feature shift found within 200 samples, silent
-on SEA.
+on SEA. Issue 15: regressor MAE x1.5 30/30 detected, mean delay <= 300, <= 0.1 false alarms
+per 10k.
 """
 
 from __future__ import annotations
@@ -27,7 +31,15 @@ from pathlib import Path
 import numpy as np
 from river.datasets import synth
 
-from workers.core.drift import DEFAULT_DETECTOR, DETECTORS, ConceptDrift, FeatureDrift
+from workers.core.drift import (
+    DEFAULT_DETECTOR,
+    DEFAULT_ERROR_DETECTOR,
+    DETECTORS,
+    ERROR_DETECTORS,
+    ConceptDrift,
+    ErrorDrift,
+    FeatureDrift,
+)
 from workers.core.feature_summary import summarize_features
 
 CHANGE_AT = 5000
@@ -82,6 +94,35 @@ def concept(detector: str, seeds: int) -> list[Result]:
             return [d.update(correct=not e) for e in error_stream(seed, after).tolist()]
 
         drift_at = None if after is None else CHANGE_AT
+        detected, delay, fa = measure((run(s) for s in range(seeds)), drift_at)
+        results.append(Result(name, detector, detected if drift_at else 0, seeds, delay, fa))
+    return results
+
+
+def regression_errors(seed: int, rise: float | None, tails: str) -> np.ndarray:
+    """Absolute errors of a regressor whose error scale rises by `rise` at CHANGE_AT."""
+    rng = np.random.default_rng(50_000 + seed)
+    draw = rng.normal if tails == "normal" else rng.laplace
+    scale = np.ones(LENGTH)
+    if rise is not None:
+        scale[CHANGE_AT:] = rise
+    return np.abs(draw(0.0, 1.0, LENGTH) * scale * 12.5)
+
+
+def regression(detector: str, seeds: int) -> list[Result]:
+    results = []
+    for name, rise, tails in (
+        ("MAE x1.5 (normal errors)", 1.5, "normal"),
+        ("MAE x1.5 (Laplace errors)", 1.5, "laplace"),
+        ("regressor, no drift", None, "normal"),
+        ("regressor, no drift (Laplace)", None, "laplace"),
+    ):
+
+        def run(seed: int, rise: float | None = rise, tails: str = tails) -> list[bool]:
+            d = ErrorDrift(detector)
+            return [d.update(abs_error=e) for e in regression_errors(seed, rise, tails).tolist()]
+
+        drift_at = None if rise is None else CHANGE_AT
         detected, delay, fa = measure((run(s) for s in range(seeds)), drift_at)
         results.append(Result(name, detector, detected if drift_at else 0, seeds, delay, fa))
     return results
@@ -151,13 +192,16 @@ def main() -> int:
     started = time.monotonic()
     results = concept(DEFAULT_DETECTOR, args.seeds) + concept("adwin", args.seeds)
     results += [feature_shift(args.seeds), sea_negative_control(args.seeds)]
+    for detector in ERROR_DETECTORS:
+        results += regression(detector, args.seeds)
     print(f"default detector: {DEFAULT_DETECTOR} = {DETECTORS[DEFAULT_DETECTOR].description}")
+    print(f"default regressor detector: {DEFAULT_ERROR_DETECTOR}")
     print(f"{'stream':40} {'detector':18} {'detected':>9} {'mean delay':>11} {'FA/10k':>7}")
     for r in results:
         delay = "-" if r.mean_delay is None else f"{r.mean_delay:.1f}"
         found = (
             "-"
-            if r.stream == "no drift" or r.stream.startswith("SEA")
+            if "no drift" in r.stream or r.stream.startswith("SEA")
             else (f"{r.detected}/{r.seeds}")
         )
         print(
@@ -179,6 +223,19 @@ def main() -> int:
             by[("feature 0.5 sigma shift", "mean_z_test")].mean_delay or 1e9
         )
         <= 200,
+        "regressor MAE x1.5: 30/30 detected": by[
+            ("MAE x1.5 (normal errors)", DEFAULT_ERROR_DETECTOR)
+        ].detected
+        == args.seeds,
+        "regressor MAE x1.5: delay <= 300": (
+            by[("MAE x1.5 (normal errors)", DEFAULT_ERROR_DETECTOR)].mean_delay or 1e9
+        )
+        <= 300,
+        "regressor: <= 0.1 false alarms / 10k": max(
+            by[(s, DEFAULT_ERROR_DETECTOR)].false_alarms_per_10k
+            for s in ("MAE x1.5 (normal errors)", "regressor, no drift")
+        )
+        <= 0.1,
         "silent on SEA": by[
             ("SEA concept drift (features unchanged)", "mean_z_test")
         ].false_alarms_per_10k

@@ -78,6 +78,9 @@ class MetricsSnapshot:
     counters: Mapping[str, int] = field(default_factory=dict)
     accuracy: Mapping[tuple[str, str], float] = field(default_factory=dict)
     version_joined: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    # Regressors: (model, version) -> rolling MAE and RMSE.
+    mae: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    rmse: Mapping[tuple[str, str], float] = field(default_factory=dict)
 
 
 # Join counters that only grow; the others in `MonitorState.counters()` are levels.
@@ -138,6 +141,18 @@ class SnapshotCollector(Collector):
         for (model, version), share in sorted(snap.accuracy.items()):
             accuracy.add_metric([model, version], share)
         yield accuracy
+        for name, values, text in (
+            ("scorestream_rolling_mae", snap.mae, "Mean absolute error"),
+            ("scorestream_rolling_rmse", snap.rmse, "Root mean squared error"),
+        ):
+            gauge = GaugeMetricFamily(
+                name,
+                f"{text} over the last --window joined outcomes, per regressor version",
+                labels=["model", "version"],
+            )
+            for (model, version), error in sorted(values.items()):
+                gauge.add_metric([model, version], error)
+            yield gauge
         joined = CounterMetricFamily(
             "scorestream_monitor_version_joined",
             "Outcomes joined to a prediction, per model version",

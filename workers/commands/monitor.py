@@ -17,7 +17,12 @@ from workers.commands.shared import (
     positive_int,
 )
 from workers.core.alerts import AlertRules
-from workers.core.drift import DEFAULT_DETECTOR, DETECTORS
+from workers.core.drift import (
+    DEFAULT_DETECTOR,
+    DEFAULT_ERROR_DETECTOR,
+    DETECTORS,
+    ERROR_DETECTORS,
+)
 from workers.core.monitor import MonitorConfig
 from workers.kafka_io.monitor_loop import MonitorSettings, MonitorWorker
 from workers.model_store import load_newest_good
@@ -83,7 +88,16 @@ def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN4
         environ=environ,
         type=float,
         default=0.8,
-        help="accuracy_below_threshold fires under this window accuracy",
+        help="accuracy_below_threshold fires under this window accuracy (classifiers)",
+    )
+    add_option(
+        monitor,
+        "--max-mae",
+        environ=environ,
+        type=float,
+        help="regressors: error_above_threshold fires when the window MAE exceeds this "
+        "(default: 1.5x the version's MAE over its first --window outcomes); "
+        "error_recovered at 0.9x of it",
     )
     add_option(
         monitor,
@@ -108,7 +122,15 @@ def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN4
         environ=environ,
         choices=tuple(DETECTORS),
         default=DEFAULT_DETECTOR,
-        help="concept-drift detector on the outcome stream",
+        help="concept-drift detector on the outcome stream (classifiers)",
+    )
+    add_option(
+        monitor,
+        "--error-detector",
+        environ=environ,
+        choices=tuple(ERROR_DETECTORS),
+        default=DEFAULT_ERROR_DETECTOR,
+        help="regressors: concept-drift detector on the absolute errors",
     )
     add_option(
         monitor,
@@ -254,7 +276,9 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         max_time_ahead_ms=int(args.max_time_ahead_s * 1000),
         time_window_ms=args.time_window_s * 1000,
         detector=args.detector,
+        error_detector=args.error_detector,
         rules=AlertRules(
+            max_mae=args.max_mae,
             accuracy_threshold=args.accuracy_threshold,
             min_outcomes=args.min_outcomes,
             recover_margin=args.recover_margin,

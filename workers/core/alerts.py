@@ -8,13 +8,18 @@ from typing import Any
 import msgspec
 
 from workers.core.drift import MovedFeature
-from workers.core.performance import Snapshot
+from workers.core.performance import ErrorSnapshot, Snapshot
 
 DRIFT_DETECTED = "drift_detected"
 ACCURACY_BELOW_THRESHOLD = "accuracy_below_threshold"
 ACCURACY_RECOVERED = "accuracy_recovered"
 FEATURE_DRIFT = "feature_drift"
-ALERT_NAMES = (DRIFT_DETECTED, ACCURACY_BELOW_THRESHOLD, ACCURACY_RECOVERED, FEATURE_DRIFT)
+ERROR_ABOVE_THRESHOLD = "error_above_threshold"
+ERROR_RECOVERED = "error_recovered"
+ALERT_NAMES = (
+    DRIFT_DETECTED, ACCURACY_BELOW_THRESHOLD, ACCURACY_RECOVERED, FEATURE_DRIFT,
+    ERROR_ABOVE_THRESHOLD, ERROR_RECOVERED,
+)  # fmt: skip
 
 
 class Alert(msgspec.Struct, omit_defaults=True):
@@ -27,7 +32,10 @@ class Alert(msgspec.Struct, omit_defaults=True):
     detector: str | None = None
     window_accuracy: float | None = None
     baseline_accuracy: float | None = None
-    features: dict[str, dict[str, float]] | None = None
+    window_mae: float | None = None
+    baseline_mae: float | None = None
+    threshold_mae: float | None = None
+    features: dict[str, dict[str, Any]] | None = None
 
     def fields(self) -> dict[str, Any]:
         return msgspec.structs.asdict(self)
@@ -57,6 +65,17 @@ class AlertRules:
     recover_margin: float = 0.02
     # Outcomes (concept drift) or feature events (data drift) before the same alert again.
     drift_cooldown: int = 1000
+    # Regressors: window MAE above this is an alert (--max-mae); None: above
+    # `mae_ratio` x the version's reference MAE (its first window of outcomes).
+    max_mae: float | None = None
+    mae_ratio: float = 1.5
+    # Recovered only at or below this share of the threshold, so the MAE does not flap.
+    mae_recover_ratio: float = 0.9
+
+    def mae_threshold(self, reference_mae: float | None) -> float | None:
+        if self.max_mae is not None:
+            return self.max_mae
+        return None if reference_mae is None else self.mae_ratio * reference_mae
 
 
 @dataclass(slots=True)
@@ -151,3 +170,64 @@ class FeatureAlerts:
                 },
             )
         ]
+
+
+@dataclass(slots=True)
+class ErrorAlerts:
+    """Alert state of one regressor version: whether its MAE is in a high episode, cooldown."""
+
+    model_name: str
+    model_version: int
+    above: bool = False
+    last_drift_at_joined: int | None = None
+
+    def may_fire(
+        self, rules: AlertRules, *, drifted: bool, window_size: int, window_mae: float | None,
+        reference_mae: float | None,
+    ) -> bool:  # fmt: skip
+        """Cheap test run per outcome: can `on_outcome` raise anything now?"""
+        if drifted:
+            return True
+        threshold = rules.mae_threshold(reference_mae)
+        if threshold is None or window_mae is None or window_size < rules.min_outcomes:
+            return False
+        if self.above:
+            # A margin over the running sum's round-off: the exact test follows.
+            return window_mae <= threshold * rules.mae_recover_ratio * (1 + 1e-9)
+        return window_mae > threshold * (1 - 1e-9)
+
+    def on_outcome(
+        self, rules: AlertRules, snap: ErrorSnapshot, *, drifted: bool, detector: str, now_ms: int
+    ) -> list[Alert]:
+        threshold = rules.mae_threshold(snap.reference_mae)
+        alerts = []
+
+        def alert(name: str, severity: str, detector: str | None = None) -> Alert:
+            return Alert(
+                name,
+                severity,
+                model_name=self.model_name,
+                model_version=self.model_version,
+                joined=snap.joined,
+                at=now_ms,
+                detector=detector,
+                window_mae=snap.window_mae,
+                baseline_mae=snap.reference_mae,
+                threshold_mae=threshold,
+            )
+
+        if drifted and (
+            self.last_drift_at_joined is None
+            or snap.joined - self.last_drift_at_joined >= rules.drift_cooldown
+        ):
+            self.last_drift_at_joined = snap.joined
+            alerts.append(alert(DRIFT_DETECTED, "warning", detector))
+        mae = snap.window_mae
+        if threshold is not None and mae is not None and snap.window_size >= rules.min_outcomes:
+            if not self.above and mae > threshold:
+                self.above = True
+                alerts.append(alert(ERROR_ABOVE_THRESHOLD, "critical"))
+            elif self.above and mae <= threshold * rules.mae_recover_ratio:
+                self.above = False
+                alerts.append(alert(ERROR_RECOVERED, "warning"))
+        return alerts

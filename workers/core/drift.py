@@ -71,6 +71,77 @@ class ConceptDrift:
         return fired
 
 
+class ErrorCusum:
+    """CUSUM on a regressor's absolute errors, in units of their reference mean.
+
+    The first `reference` absolute errors fix the scale (their mean, m0); from then on each
+    error adds min(|e|/m0, cap) - 1 - k to a sum kept at or above zero, and a sum above `h` is
+    drift. Scaling by m0 makes one threshold fit any model's units; the cap keeps one wild
+    error (heavy tails are common in real targets) from firing alone. After a detection the
+    scale is learned again, so a model that stays worse is not reported on every error. Tuned
+    in bench/drift_quality.py: MAE rising 1.5x is found after about 120 errors, with no false
+    alarm in 600,000 errors of a stable stream.
+    """
+
+    def __init__(
+        self, reference: int = 500, k: float = 0.25, h: float = 18.0, cap: float = 3.0
+    ) -> None:
+        self.reference, self.k, self.h, self.cap = reference, k, h, cap
+        self.scale: float | None = None
+        self._sum = 0.0
+        self._count = 0
+        self.g = 0.0
+
+    def update(self, abs_error: float) -> bool:
+        if self.scale is None:
+            self._sum += abs_error
+            self._count += 1
+            if self._count == self.reference:
+                # All-zero errors (a perfect model) give no scale: any error is then drift.
+                self.scale = self._sum / self._count or 1e-12
+            return False
+        z = min(abs_error / self.scale, self.cap)
+        self.g = max(0.0, self.g + z - 1.0 - self.k)
+        if self.g <= self.h:
+            return False
+        self.g, self.scale, self._sum, self._count = 0.0, None, 0.0, 0
+        return True
+
+
+class _RiverOnAbsoluteErrors:
+    """A river detector fed absolute errors (what the bench compares the CUSUM with)."""
+
+    def __init__(self, detector: Any) -> None:  # noqa: ANN401
+        self.detector = detector
+
+    def update(self, abs_error: float) -> bool:
+        self.detector.update(abs_error)
+        return bool(self.detector.drift_detected)
+
+
+ERROR_DETECTORS: dict[str, Callable[[], Any]] = {
+    "error_cusum": ErrorCusum,
+    "adwin": lambda: _RiverOnAbsoluteErrors(drift.ADWIN()),
+    "page_hinkley": lambda: _RiverOnAbsoluteErrors(drift.PageHinkley(mode="up")),
+}
+DEFAULT_ERROR_DETECTOR = "error_cusum"
+
+
+class ErrorDrift:
+    """Concept drift of a regressor: a detector on the stream of its absolute errors."""
+
+    def __init__(self, name: str = DEFAULT_ERROR_DETECTOR) -> None:
+        if name not in ERROR_DETECTORS:
+            raise ValueError(
+                f"unknown detector {name!r}; choose one of {', '.join(ERROR_DETECTORS)}"
+            )
+        self.name = name
+        self._detector = ERROR_DETECTORS[name]()
+
+    def update(self, *, abs_error: float) -> bool:
+        return bool(self._detector.update(abs_error))
+
+
 @dataclass(frozen=True, slots=True)
 class MovedFeature:
     name: str

@@ -28,7 +28,8 @@ from typing import Any, Final
 
 import msgspec
 
-Label = str | int | bool
+# A class, or the number a regressor predicts / its true value.
+Label = str | int | bool | float
 
 _JOINED: Final = 1
 _EXPIRED: Final = 2
@@ -45,6 +46,8 @@ class PendingPrediction(msgspec.Struct, frozen=True, gc=False):
     # For binary classifiers, the positive class written as in `probabilities` (the second of
     # the model's two classes); None otherwise.
     positive: str | None = None
+    # A regressor's prediction (a number, no probabilities): joined to an error, not a hit.
+    regression: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +61,22 @@ class Outcome:
     actual: Label
     event_time: int
     positive: str | None
+    regression: bool = False
 
     @property
     def correct(self) -> bool:
         return type(self.predicted) is type(self.actual) and self.predicted == self.actual
+
+    @property
+    def error(self) -> float | None:
+        """actual - predicted for a regressor; None when either is no number (a bad label)."""
+        if not self.regression or not _is_number(self.actual) or not _is_number(self.predicted):
+            return None
+        return float(self.actual) - float(self.predicted)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @dataclass(slots=True)
@@ -307,6 +322,7 @@ class LabelJoin:
             actual=label,
             event_time=prediction.event_time,
             positive=prediction.positive,
+            regression=prediction.regression,
         )
 
     def _settle(self, event_id: str, state: int) -> None:

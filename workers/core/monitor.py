@@ -14,13 +14,20 @@ from typing import Any
 
 import msgspec
 
-from workers.core.alerts import Alert, AlertRules, FeatureAlerts, VersionAlerts
-from workers.core.drift import DEFAULT_DETECTOR, ConceptDrift, FeatureDrift
+from workers.core.alerts import Alert, AlertRules, ErrorAlerts, FeatureAlerts, VersionAlerts
+from workers.core.drift import (
+    DEFAULT_DETECTOR,
+    DEFAULT_ERROR_DETECTOR,
+    ConceptDrift,
+    ErrorDrift,
+    FeatureDrift,
+)
 from workers.core.events import EpochMillis, EventId
 from workers.core.label_join import JoinCounters, LabelJoin, Outcome, PendingPrediction
-from workers.core.performance import RollingPerformance
+from workers.core.performance import RollingError, RollingPerformance
 
-LabelValue = str | int | bool
+# A class, or a regressor's predicted / true value.
+LabelValue = str | int | bool | float
 
 
 class PredictionIn(msgspec.Struct, gc=False):
@@ -60,6 +67,7 @@ class MonitorConfig:
     max_pending: int = 1_000_000
     time_window_ms: int = 60_000
     detector: str = DEFAULT_DETECTOR
+    error_detector: str = DEFAULT_ERROR_DETECTOR
     rules: AlertRules = field(default_factory=AlertRules)
     # How many partitions the join buffers are spread over (the predictions topic's count).
     partitions: int = 1
@@ -81,10 +89,18 @@ class VersionState:
 
 
 @dataclass(slots=True)
+class RegressorState:
+    errors: RollingError
+    drift: ErrorDrift
+    alerts: ErrorAlerts
+
+
+@dataclass(slots=True)
 class MonitorState:
     config: MonitorConfig
     joins: dict[int, LabelJoin] = field(default_factory=dict)
     versions: dict[tuple[str, int], VersionState] = field(default_factory=dict)
+    regressors: dict[tuple[str, int], RegressorState] = field(default_factory=dict)
     invalid_predictions: int = 0
     invalid_labels: int = 0
     feature_drift: FeatureDrift | None = None
@@ -130,7 +146,13 @@ class MonitorState:
             # for classes [9, 10] that would be "9".
             _, positive = p.probabilities
         event_time = self._bounded(p.event_time, timestamp_ms)
-        pending = PendingPrediction(p.model_name, p.model_version, p.label, event_time, positive)
+        # A regressor's prediction: a fractional number (a float, as infer writes every
+        # regressor's value, 3.0 included) and no class probabilities. A classifier's class is
+        # a string, an integer or a boolean.
+        regression = p.probabilities is None and type(p.label) is float
+        pending = PendingPrediction(
+            p.model_name, p.model_version, p.label, event_time, positive, regression
+        )
         outcome = self.join_for(partition).add_prediction(p.event_id, pending)
         return [] if outcome is None else self._on_outcome(outcome, now_ms)
 
@@ -181,7 +203,44 @@ class MonitorState:
         )
         return [] if outcome is None else self._on_outcome(outcome, now_ms)
 
+    def _on_regression_outcome(self, outcome: Outcome, now_ms: int) -> list[Alert]:
+        error = outcome.error
+        if error is None:  # a label that is no number, for a regressor's prediction
+            self.invalid_labels += 1
+            return []
+        key = (outcome.model_name, outcome.model_version)
+        state = self.regressors.get(key)
+        if state is None:
+            c = self.config
+            state = self.regressors[key] = RegressorState(
+                RollingError(c.window),
+                ErrorDrift(c.error_detector),
+                ErrorAlerts(outcome.model_name, outcome.model_version),
+            )
+        errors = state.errors
+        errors.add(error)
+        drifted = state.drift.update(abs_error=abs(error))
+        if not state.alerts.may_fire(
+            self.config.rules,
+            drifted=drifted,
+            window_size=len(errors.recent),
+            window_mae=errors.window_mae_fast(),
+            reference_mae=errors.reference_mae,
+        ):
+            return []
+        alerts = state.alerts.on_outcome(
+            self.config.rules,
+            errors.snapshot(),
+            drifted=drifted,
+            detector=self.config.error_detector,
+            now_ms=now_ms,
+        )
+        self._count(alerts)
+        return alerts
+
     def _on_outcome(self, outcome: Outcome, now_ms: int) -> list[Alert]:
+        if outcome.regression:
+            return self._on_regression_outcome(outcome, now_ms)
         key = (outcome.model_name, outcome.model_version)
         state = self.versions.get(key)
         if state is None:
@@ -220,6 +279,10 @@ class MonitorState:
         joined = sum(
             s.performance.joined
             for (name, _), s in self.versions.items()
+            if name == self.feature_alerts.model_name
+        ) + sum(
+            s.errors.joined
+            for (name, _), s in self.regressors.items()
             if name == self.feature_alerts.model_name
         )
         alerts = self.feature_alerts.on_moved(
@@ -264,5 +327,16 @@ class MonitorState:
                     if snap.time_window_accuracy
                     else None
                 ),
+            }
+        for (name, version), regressor in sorted(self.regressors.items()):
+            errors = regressor.errors.snapshot()
+            out[f"{name}/v{version}"] = {
+                "joined": errors.joined,
+                "window_size": errors.window_size,
+                "window_mae": errors.window_mae,
+                "window_rmse": errors.window_rmse,
+                "window_mean_error": errors.window_mean_error,
+                # The version's first `window` outcomes: what alerts call baseline_mae.
+                "baseline_mae": errors.reference_mae,
             }
         return out

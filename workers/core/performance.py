@@ -6,6 +6,7 @@ recomputation over the same outcomes exactly, not approximately.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -96,4 +97,64 @@ class RollingPerformance:
             }
             if time_windows
             else {},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorSnapshot:
+    joined: int
+    window_size: int
+    window_mae: float | None
+    window_rmse: float | None
+    window_mean_error: float | None  # mean of actual - predicted: the sign says which way
+    reference_mae: float | None  # MAE of this version's first `window` outcomes
+
+
+@dataclass(slots=True)
+class RollingError:
+    """A regressor's rolling MAE, RMSE and mean error over its last `window` outcomes.
+
+    The reported numbers are exact sums (math.fsum) over the window, so they equal an offline
+    recomputation to the last bit of a correctly rounded mean. The running sum used by the
+    cheap per-outcome test is re-added exactly once per window so it cannot drift.
+    """
+
+    window: int
+    joined: int = 0
+    recent: deque[float] = field(default_factory=deque)  # errors, actual - predicted
+    abs_sum: float = 0.0
+    reference: list[float] = field(default_factory=list)
+    reference_mae: float | None = None
+    _since_exact: int = 0
+
+    def add(self, error: float) -> None:
+        self.joined += 1
+        if self.reference_mae is None:
+            self.reference.append(abs(error))
+            if len(self.reference) == self.window:
+                self.reference_mae = math.fsum(self.reference) / self.window
+                self.reference = []
+        self.recent.append(error)
+        self.abs_sum += abs(error)
+        if len(self.recent) > self.window:
+            self.abs_sum -= abs(self.recent.popleft())
+        self._since_exact += 1
+        if self._since_exact >= self.window:
+            self.abs_sum = math.fsum(abs(e) for e in self.recent)
+            self._since_exact = 0
+
+    def window_mae_fast(self) -> float | None:
+        return self.abs_sum / len(self.recent) if self.recent else None
+
+    def snapshot(self) -> ErrorSnapshot:
+        n = len(self.recent)
+        if not n:
+            return ErrorSnapshot(self.joined, 0, None, None, None, self.reference_mae)
+        return ErrorSnapshot(
+            joined=self.joined,
+            window_size=n,
+            window_mae=math.fsum(abs(e) for e in self.recent) / n,
+            window_rmse=math.sqrt(math.fsum(e * e for e in self.recent) / n),
+            window_mean_error=math.fsum(self.recent) / n,
+            reference_mae=self.reference_mae,
         )

@@ -65,7 +65,7 @@ def columns_from_rows(rows: Sequence[tuple[Any, ...]], numeric: Sequence[bool]) 
 
 @dataclass(frozen=True, slots=True)
 class ScoredBatch:
-    labels: list[Label] | list[float]
+    labels: Sequence[Predicted]
     scores: list[float]
     # Per row, an object that encodes as {class: probability}: a msgspec Struct generated for
     # the model's classes (built in C, far cheaper than a dict per row) or a dict.

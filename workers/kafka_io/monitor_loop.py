@@ -401,6 +401,11 @@ class MonitorWorker:
         """This instance's state as last checkpointed (join buffers come with partitions)."""
         restored = self.store.load_global()
         if isinstance(restored, MonitorState):
+            # A checkpoint written before a field existed: that field starts as new.
+            fresh = MonitorState(config)
+            for f in dataclasses.fields(MonitorState):
+                if not hasattr(restored, f.name):
+                    setattr(restored, f.name, getattr(fresh, f.name))
             return dataclasses.replace(restored, config=config, joins={})
         return MonitorState(config)
 
@@ -708,17 +713,24 @@ class MonitorWorker:
         made from (the summary line logs the same)."""
         lags = partition_lags(self.consumer)
         counters, versions = self.state.counters(), self.state.metrics()
-        accuracy, joined = {}, {}
+        joined: dict[tuple[str, str], int] = {}
+        accuracy: dict[tuple[str, str], float] = {}
+        mae: dict[tuple[str, str], float] = {}
+        rmse: dict[tuple[str, str], float] = {}
         for key, values in versions.items():
             model, version = key.rsplit("/v", 1)
             joined[(model, version)] = values["joined"]
-            if values["window_accuracy"] is not None:
-                accuracy[(model, version)] = values["window_accuracy"]
+            for gauge, field_name in ((accuracy, "window_accuracy"), (mae, "window_mae"),
+                                      (rmse, "window_rmse")):  # fmt: skip
+                if values.get(field_name) is not None:
+                    gauge[(model, version)] = values[field_name]
         self.metrics.snapshot.snapshot = MetricsSnapshot(
             lag=self.metrics.snapshot.snapshot.lag if lags is None else lags,
             counters=counters,
             accuracy=accuracy,
             version_joined=joined,
+            mae=mae,
+            rmse=rmse,
         )
         return counters, versions
 
