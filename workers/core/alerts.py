@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
 from workers.core.drift import MovedFeature
+from workers.core.kind_drift import DriftedFeature
 from workers.core.performance import ErrorSnapshot, Snapshot
 
 DRIFT_DETECTED = "drift_detected"
@@ -42,7 +44,10 @@ class Alert(msgspec.Struct, omit_defaults=True):
 
 
 # A drifted feature's statistics that describe the shift without quoting the data's values.
-_VALUE_FREE_STATISTICS = frozenset({"shift_sigma", "z"})
+_VALUE_FREE_STATISTICS = frozenset(
+    {"shift_sigma", "z", "check", "chi2", "threshold", "total_variation", "unseen_share",
+     "train_missing_rate", "live_missing_rate", "values_not_constant"}
+)  # fmt: skip
 
 
 def redacted(alert: Alert) -> Alert:
@@ -143,7 +148,12 @@ class FeatureAlerts:
     last_at_seen: int | None = None
 
     def on_moved(
-        self, rules: AlertRules, moved: list[MovedFeature], seen: int, joined: int, now_ms: int
+        self,
+        rules: AlertRules,
+        moved: Sequence[MovedFeature | DriftedFeature],
+        seen: int,
+        joined: int,
+        now_ms: int,
     ) -> list[Alert]:
         if not moved:
             return []
@@ -158,18 +168,30 @@ class FeatureAlerts:
                 model_version=self.model_version,
                 joined=joined,
                 at=now_ms,
-                detector="mean_z_test",
-                features={
-                    m.name: {
-                        "shift_sigma": round(m.shift_sigma, 4),
-                        "train_mean": m.train_mean,
-                        "live_mean": m.live_mean,
-                        "z": round(m.z, 2),
-                    }
-                    for m in moved
-                },
+                detector=(
+                    "per_kind"
+                    if any(isinstance(m, DriftedFeature) for m in moved)
+                    else "mean_z_test"
+                ),
+                features=_described(moved),
             )
         ]
+
+
+def _described(moved: Sequence[MovedFeature | DriftedFeature]) -> dict[str, dict[str, Any]]:
+    features: dict[str, dict[str, Any]] = {}
+    for m in moved:
+        if isinstance(m, MovedFeature):
+            features[m.name] = {
+                "shift_sigma": round(m.shift_sigma, 4),
+                "train_mean": m.train_mean,
+                "live_mean": m.live_mean,
+                "z": round(m.z, 2),
+            }
+            continue
+        key = m.name if m.name not in features else f"{m.name} ({m.check})"
+        features[key] = {"check": m.check, **m.stats}
+    return features
 
 
 @dataclass(slots=True)

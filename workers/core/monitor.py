@@ -23,6 +23,7 @@ from workers.core.drift import (
     FeatureDrift,
 )
 from workers.core.events import EpochMillis, EventId
+from workers.core.kind_drift import KindDrift
 from workers.core.label_join import JoinCounters, LabelJoin, Outcome, PendingPrediction
 from workers.core.performance import RollingError, RollingPerformance
 
@@ -103,7 +104,7 @@ class MonitorState:
     regressors: dict[tuple[str, int], RegressorState] = field(default_factory=dict)
     invalid_predictions: int = 0
     invalid_labels: int = 0
-    feature_drift: FeatureDrift | None = None
+    feature_drift: FeatureDrift | KindDrift | None = None
     feature_alerts: FeatureAlerts | None = None
     alerts_raised: dict[str, int] = field(default_factory=dict)
     times_clamped: int = 0
@@ -270,7 +271,7 @@ class MonitorState:
         self._count(alerts)
         return alerts
 
-    def on_features(self, row: tuple[float, ...], now_ms: int) -> list[Alert]:
+    def on_features(self, row: tuple[Any, ...], now_ms: int) -> list[Alert]:
         if self.feature_drift is None or self.feature_alerts is None:
             return []
         moved = self.feature_drift.update(row)

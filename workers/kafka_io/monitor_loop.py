@@ -26,6 +26,7 @@ from workers.checkpoint import CheckpointStore
 from workers.core.alerts import Alert, FeatureAlerts, redacted
 from workers.core.drift import FeatureDrift
 from workers.core.events import EventDecoder, InvalidEvent
+from workers.core.kind_drift import KindDrift
 from workers.core.monitor import MonitorConfig, MonitorState
 from workers.kafka_io.admin import create_topics, list_topics
 from workers.kafka_io.clients import (
@@ -339,17 +340,29 @@ class MonitorWorker:
         if missing:
             raise MonitorStartupError(
                 f"{manifest.name} v{manifest.version} has no training summary for {missing}: "
-                "retrain it with `scorestream train` to enable data-drift checks"
+                "register it with --training-data and --target (or train it with "
+                "`scorestream train`) to enable data-drift checks"
             )
-        self.feature_decoder = EventDecoder(manifest.features)
-        if self.state.feature_drift is None or self.state.feature_drift.names != manifest.features:
-            self.state.feature_drift = FeatureDrift(
-                manifest.features,
-                [summary[f]["mean"] for f in manifest.features],
-                [summary[f]["std"] for f in manifest.features],
-                window=self.settings.feature_window,
-                z_threshold=self.settings.feature_z_threshold,
-            )
+        self.feature_decoder = EventDecoder(manifest.specs)
+        drift = self.state.feature_drift
+        plain = self.feature_decoder.plain_numeric
+        wanted = FeatureDrift if plain else KindDrift
+        if not isinstance(drift, wanted) or drift.names != manifest.features:
+            if plain:
+                self.state.feature_drift = FeatureDrift(
+                    manifest.features,
+                    [summary[f]["mean"] for f in manifest.features],
+                    [summary[f]["std"] for f in manifest.features],
+                    window=self.settings.feature_window,
+                    z_threshold=self.settings.feature_z_threshold,
+                )
+            else:
+                self.state.feature_drift = KindDrift(
+                    manifest.specs,
+                    summary,
+                    window=self.settings.feature_window,
+                    z_threshold=self.settings.feature_z_threshold,
+                )
             self.state.feature_alerts = FeatureAlerts(manifest.name, manifest.version)
 
     # -- assignment: resume each partition from its checkpoint ------------------------------
