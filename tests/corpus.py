@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 
 from workers.core.events import ErrorType
+from workers.core.feature_spec import FeatureSpec
 
 FEATURES = ("mean radius", "b", "c")
 GOOD_FEATURES = {"mean radius": 1.5, "b": -2, "c": 0.0}
@@ -130,5 +131,48 @@ BAD = [
         "duplicate key with spaces",
         b'{"event_id" : "a", "features" : {"mean radius" : 1, "b" : 2, "b" : 2, "c" : 3}}',
         ErrorType.SCHEMA,
+    ),
+]
+
+
+# A model with categories and gaps: what `register` makes of a notebook's pipeline.
+MIXED_SPECS = (
+    FeatureSpec("amount", "numeric", nullable=True),
+    FeatureSpec("country", "categorical", json_type="string"),
+    FeatureSpec("device", "categorical", nullable=True, json_type="string"),
+    FeatureSpec("weekday", "categorical", json_type="integer"),
+    FeatureSpec("vip", "categorical", json_type="boolean"),
+)
+MIXED_FEATURES = {"amount": 12.5, "country": "FR", "device": "ios", "weekday": 3, "vip": False}
+
+
+def mixed(**changes: object) -> bytes:
+    return json.dumps({"event_id": "m-1", "features": {**MIXED_FEATURES, **changes}}).encode()
+
+
+MIXED_GOOD = [
+    Case("all kinds", mixed(), None),
+    Case("null numeric where nullable", mixed(amount=None), None),
+    Case("null category where nullable", mixed(device=None), None),
+    Case("integer for a numeric", mixed(amount=12), None),
+    Case("unseen category (the model's business)", mixed(country="Atlantis"), None),
+    Case("empty string category", mixed(country=""), None),
+]
+
+MIXED_BAD = [
+    Case("category as number", mixed(country=44), ErrorType.FEATURES),
+    Case("number as string", mixed(amount="12.5"), ErrorType.FEATURES),
+    Case("null where not nullable", mixed(country=None), ErrorType.FEATURES),
+    Case("nested object for a category", mixed(country={"code": "FR"}), ErrorType.FEATURES),
+    Case("list for a number", mixed(amount=[1]), ErrorType.FEATURES),
+    Case("fraction for an integer category", mixed(weekday=3.5), ErrorType.FEATURES),
+    Case("boolean for an integer category", mixed(weekday=True), ErrorType.FEATURES),
+    Case("string for a boolean category", mixed(vip="yes"), ErrorType.FEATURES),
+    Case("number for a boolean category", mixed(vip=1), ErrorType.FEATURES),
+    Case(
+        "overflowing number",
+        b'{"event_id": "m", "features": {"amount": 1e400, "country": "FR",'
+        b' "device": "a", "weekday": 1, "vip": true}}',
+        ErrorType.FEATURES,
     ),
 ]

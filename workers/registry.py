@@ -297,6 +297,7 @@ def _specs(  # noqa: C901
     for name in names:
         dtype = None
         categories = None
+        missing_as = "nan"
         if training_data is not None:
             column = training_data[name]
             dtype_obj = column.dtype
@@ -306,6 +307,8 @@ def _specs(  # noqa: C901
                 kind = CATEGORICAL
             if dtype == "category":
                 categories = tuple(_json_default_safe(c) for c in dtype_obj.categories)
+            gaps = [v for v in column.tolist() if _missing(v)]
+            missing_as = "none" if gaps and gaps[0] is None else "nan"
             json_type = "number" if kind == NUMERIC else _json_type_of(column.tolist(), name)
             if kind == CATEGORICAL and dtype == "category":
                 json_type = _json_type_of(list(categories or ()), name)
@@ -315,6 +318,8 @@ def _specs(  # noqa: C901
             json_type = "string" if known is None else _json_type_of(list(known), name)
             if name in hgb_categorical and known is None:
                 json_type = "integer"
+            if known is not None and any(v is None for v in list(known)):
+                missing_as = "none"  # the encoder learnt None as a category: gaps were None
         else:
             kind = NUMERIC
             json_type = "number"
@@ -328,7 +333,8 @@ def _specs(  # noqa: C901
             )
         kept_dtype = dtype if frame_input else None
         specs.append(FeatureSpec(name, kind, nullable=False, json_type=json_type,
-                                 dtype=kept_dtype, categories=categories))  # fmt: skip
+                                 dtype=kept_dtype, categories=categories,
+                                 missing_as=missing_as))  # fmt: skip
     return specs
 
 
@@ -650,7 +656,10 @@ def classification_metrics(
     y_obj = np.asarray(list(y_true), dtype=object)
     metrics = {
         "accuracy": float(accuracy_score(y_obj.tolist(), predicted.tolist())),
-        "log_loss": float(log_loss(y_obj.tolist(), proba, labels=classes)),
+        # float32 graphs' probabilities miss one by a rounding: log loss wants them exact.
+        "log_loss": float(
+            log_loss(y_obj.tolist(), proba / proba.sum(axis=1, keepdims=True), labels=classes)
+        ),
     }
     if len(classes) == 2:
         positive = classes[1]

@@ -11,7 +11,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from tests.corpus import BAD, FEATURES, GOOD, Case
+from tests.corpus import BAD, FEATURES, GOOD, MIXED_BAD, MIXED_GOOD, MIXED_SPECS, Case
 from workers.core.events import EventDecoder, InvalidEvent, Prediction
 from workers.schemas import NAMES, feature_event_schema_for, load_schema
 
@@ -71,6 +71,29 @@ def test_decoder_and_schema_accept_and_reject_the_same_events(case: Case) -> Non
     decoder_accepts = not isinstance(DECODER.decode(case.value), InvalidEvent)
     assert decoder_accepts == (case.expected is None)
     assert schema_accepts(case.value, SCHEMA) == decoder_accepts
+
+
+MIXED_SCHEMA = feature_event_schema_for(MIXED_SPECS)
+MIXED_DECODER = EventDecoder(MIXED_SPECS)
+
+
+@pytest.mark.parametrize("case", MIXED_GOOD + MIXED_BAD, ids=lambda c: c.name)
+def test_categories_and_gaps_decoder_and_schema_agree(case: Case) -> None:
+    decoded = MIXED_DECODER.decode(case.value)
+    if case.expected is None:
+        assert not isinstance(decoded, InvalidEvent), decoded
+    else:
+        assert isinstance(decoded, InvalidEvent)
+        assert decoded.error_type == case.expected
+    assert schema_accepts(case.value, MIXED_SCHEMA) == (case.expected is None)
+
+
+@pytest.mark.parametrize("case", MIXED_BAD, ids=lambda c: c.name)
+def test_a_misfit_feature_is_named_in_the_dead_letter_message(case: Case) -> None:
+    decoded = MIXED_DECODER.decode(case.value)
+    assert isinstance(decoded, InvalidEvent)
+    named = [spec.name for spec in MIXED_SPECS if repr(spec.name) in decoded.message]
+    assert len(named) == 1, decoded.message
 
 
 @pytest.mark.parametrize("name", NAMES)

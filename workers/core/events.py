@@ -249,6 +249,11 @@ class EventDecoder:
 
     def _misfit(self, message: str) -> InvalidEvent | None:
         """A feature value of the wrong JSON type, said in the feature's own terms."""
+        overflow = _OUT_OF_RANGE.match(message)
+        if overflow is not None:
+            name = overflow.group("path").removeprefix(".features.")
+            if name in self.features:
+                return self.not_finite(self.features.index(name))
         match = _MISFIT.match(message)
         if match is None:
             return None
@@ -292,6 +297,7 @@ class EventDecoder:
 _MISFIT: Final = re.compile(
     r"^Expected `[^`]*`, got `(?P<got>\w+)` - at `\$(?P<path>\.features\..*)`$"
 )
+_OUT_OF_RANGE: Final = re.compile(r"^Number out of range - at `\$(?P<path>\.features\..*)`$")
 _JSON_TYPE_WORDS: Final = {
     "number": "a number",
     "string": "a string",

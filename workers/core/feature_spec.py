@@ -33,10 +33,19 @@ class FeatureSpec:
     dtype: str | None = None
     # For a pandas "category" dtype: the categories, in order (they define the codes).
     categories: tuple[Any, ...] | None = None
+    # How the training table wrote a gap in an object column: "nan" (what pandas reads from a
+    # file) or "none" (a frame built from Python lists). A pipeline's imputer may treat only
+    # one of them as missing, so the frame handed to it writes null the same way.
+    missing_as: str = "nan"
 
     @property
     def numeric(self) -> bool:
         return self.kind == NUMERIC
+
+    @property
+    def null_value(self) -> Any:  # noqa: ANN401 - None or NaN
+        """What a null becomes in the frame the model is handed."""
+        return None if self.missing_as == "none" and self.dtype == "object" else float("nan")
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "nullable": self.nullable}
@@ -46,6 +55,8 @@ class FeatureSpec:
             out["dtype"] = self.dtype
         if self.categories is not None:
             out["categories"] = list(self.categories)
+        if self.missing_as != "nan":
+            out["missing_as"] = self.missing_as
         return out
 
     @classmethod
@@ -65,6 +76,9 @@ class FeatureSpec:
             raise FeatureSpecError(f"feature {name!r}: nullable must be true or false")
         dtype = data.get("dtype")
         categories = data.get("categories")
+        missing_as = data.get("missing_as", "nan")
+        if missing_as not in {"nan", "none"}:
+            raise FeatureSpecError(f"feature {name!r}: missing_as must be 'nan' or 'none'")
         return cls(
             name=name,
             kind=kind,
@@ -72,6 +86,7 @@ class FeatureSpec:
             json_type=json_type,
             dtype=None if dtype is None else str(dtype),
             categories=None if categories is None else tuple(categories),
+            missing_as=missing_as,
         )
 
 

@@ -31,8 +31,8 @@ def typed_column(values: npt.NDArray[Any], spec: FeatureSpec) -> Any:  # noqa: A
     import pandas as pd  # noqa: PLC0415 - only models that take a frame need pandas
 
     if spec.numeric:
-        if spec.dtype is not None and spec.dtype.startswith("int") and not np.isnan(values).any():
-            return values.astype(spec.dtype)
+        # float64 whatever the training column's number type: an event may send 2.5 for a
+        # column that held integers, and casting it would score another row than was sent.
         return values
     missing = np.fromiter((v is None for v in values), dtype=bool, count=len(values))
     dtype = spec.dtype or "object"
@@ -42,14 +42,15 @@ def typed_column(values: npt.NDArray[Any], spec: FeatureSpec) -> Any:  # noqa: A
         if dtype in {"bool", "int64", "int32"}:
             return values.astype(dtype)
         if dtype in {"object", "str", "string"}:
-            return pd.array(values, dtype=dtype) if dtype != "object" else values
+            # Explicit: pandas 3 would make an object array of strings its own `str` dtype.
+            return pd.Series(values, dtype=dtype, copy=False)
     if spec.json_type in {"integer", "boolean"} and dtype.startswith("float"):
         floats = np.where(missing, np.nan, values)
         return floats.astype(np.float64)
     with_nan = values.copy()
-    with_nan[missing] = np.nan
+    with_nan[missing] = spec.null_value if dtype == "object" else np.nan
     if dtype == "object":
-        return with_nan
+        return pd.Series(with_nan, dtype=object, copy=False)
     try:
         return pd.array(with_nan, dtype=dtype)
     except (TypeError, ValueError):

@@ -57,9 +57,9 @@ class _OneHot:
     """One output column per category of each input column (at most one of them is 1)."""
 
     positions: list[int]
-    fill: list[Any] = field(default_factory=list)  # per column, the imputed value or None
     lookups: list[dict[Any, int]] = field(default_factory=list)
-    missing_codes: list[int] = field(default_factory=list)  # the code of a missing value, or -1
+    # Per column, the code a null gets: imputed, or its own category, or -1 (unknown).
+    null_codes: list[int] = field(default_factory=list)
     widths: list[int] = field(default_factory=list)
     ignore_unknown: bool = True
 
@@ -83,7 +83,7 @@ def _steps_of(transformer: Any) -> list[Any]:  # noqa: ANN401
     return [transformer]
 
 
-def _block(transformer: Any, positions: list[int], specs: Sequence[FeatureSpec]) -> Block | None:  # noqa: ANN401, C901, PLR0912
+def _block(transformer: Any, positions: list[int], specs: Sequence[FeatureSpec]) -> Block | None:  # noqa: ANN401, C901, PLR0912, PLR0915
     from sklearn.impute import SimpleImputer  # noqa: PLC0415
     from sklearn.preprocessing import OneHotEncoder, StandardScaler  # noqa: PLC0415
 
@@ -109,16 +109,23 @@ def _block(transformer: Any, positions: list[int], specs: Sequence[FeatureSpec])
         block.ignore_unknown = encoder.handle_unknown == "ignore"
         for j, categories in enumerate(encoder.categories_):
             values = categories.tolist()
-            block.fill.append(None if imputer is None else imputer.statistics_[j])
             lookup: dict[Any, int] = {}
-            missing = -1
+            none_code = nan_code = -1
             for code, value in enumerate(values):
-                if _is_missing(value):
-                    missing = code
+                if value is None:
+                    none_code = code
+                elif _is_missing(value):
+                    nan_code = code
                 else:
                     lookup[value] = code
+            null = specs[positions[j]].null_value
+            if imputer is not None and (null is None) == (imputer.missing_values is None):
+                fill = imputer.statistics_[j]
+                null_code = lookup.get(fill, -1) if not _is_missing(fill) else -1
+            else:
+                null_code = none_code if null is None else nan_code
             block.lookups.append(lookup)
-            block.missing_codes.append(missing)
+            block.null_codes.append(null_code)
             block.widths.append(len(values))
         return block
     if any(not specs[p].numeric for p in positions):
@@ -240,14 +247,12 @@ def _compiled(  # noqa: C901, PLR0915 - one builder of closures over the fitted 
     def codes(block: _OneHot, columns: Columns, refused: npt.NDArray[np.bool_]) -> list[Any]:
         out = []
         for j, p in enumerate(block.positions):
-            lookup, missing, fill = block.lookups[j], block.missing_codes[j], block.fill[j]
+            lookup, null_code = block.lookups[j], block.null_codes[j]
             width_j = block.widths[j]
             values = columns.data[p].tolist()
             code = np.empty(len(values), dtype=np.intp)
             for i, value in enumerate(values):
-                if _is_missing(value):
-                    value = fill  # noqa: PLW2901 - the imputed category
-                c = missing if _is_missing(value) else lookup.get(value, -1)
+                c = null_code if value is None else lookup.get(value, -1)
                 if c < 0:
                     if not block.ignore_unknown:
                         refused[i] = True
