@@ -309,6 +309,11 @@ def _specs(  # noqa: C901
                 categories = tuple(_json_default_safe(c) for c in dtype_obj.categories)
             gaps = [v for v in column.tolist() if _missing(v)]
             missing_as = "none" if gaps and gaps[0] is None else "nan"
+            learnt = _gap_learnt(encoded.get(name))
+            if learnt is not None:  # what the encoder saw in fitting beats a re-read table
+                missing_as = learnt
+            if missing_as == "none" and dtype in {"str", "string"}:
+                dtype = "object"  # pandas' string dtype cannot hold None
             json_type = "number" if kind == NUMERIC else _json_type_of(column.tolist(), name)
             if kind == CATEGORICAL and dtype == "category":
                 json_type = _json_type_of(list(categories or ()), name)
@@ -318,8 +323,7 @@ def _specs(  # noqa: C901
             json_type = "string" if known is None else _json_type_of(list(known), name)
             if name in hgb_categorical and known is None:
                 json_type = "integer"
-            if known is not None and any(v is None for v in list(known)):
-                missing_as = "none"  # the encoder learnt None as a category: gaps were None
+            missing_as = _gap_learnt(known) or "nan"
         else:
             kind = NUMERIC
             json_type = "number"
@@ -336,6 +340,19 @@ def _specs(  # noqa: C901
                                  dtype=kept_dtype, categories=categories,
                                  missing_as=missing_as))  # fmt: skip
     return specs
+
+
+def _gap_learnt(categories: Any) -> str | None:  # noqa: ANN401
+    """How gaps looked when an encoder was fitted: "none" or "nan" if it learnt one as a
+    category, None if it saw no gap (or there is no encoder)."""
+    if categories is None:
+        return None
+    values = list(categories)
+    if any(v is None for v in values):
+        return "none"
+    if any(_missing(v) for v in values):
+        return "nan"
+    return None
 
 
 def _json_default_safe(value: Any) -> Any:  # noqa: ANN401
