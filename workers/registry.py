@@ -281,7 +281,7 @@ def _missing(value: Any) -> bool:  # noqa: ANN401
         return False
 
 
-def _specs(  # noqa: C901
+def _specs(
     model: Any,  # noqa: ANN401
     names: list[str],
     training_data: Any,  # noqa: ANN401
@@ -292,54 +292,59 @@ def _specs(  # noqa: C901
     if unknown:
         raise RegistrationError(f"--categorical names {unknown}, which are not features")
     encoded = {} if model is None else _encoded_columns(model)
-    hgb_categorical = _hgb_categorical(model, names)
+    # Columns the model itself encodes as categories, whatever their values look like.
+    declared = set(categorical) | set(encoded) | _hgb_categorical(model, names)
     specs = []
     for name in names:
-        dtype = None
-        categories = None
-        missing_as = "nan"
         if training_data is not None:
-            column = training_data[name]
-            dtype_obj = column.dtype
-            dtype = str(dtype_obj)
-            kind = _kind_of_column(column, name)
-            if name in categorical or name in encoded or name in hgb_categorical:
-                kind = CATEGORICAL
-            if dtype == "category":
-                categories = tuple(_json_default_safe(c) for c in dtype_obj.categories)
-            gaps = [v for v in column.tolist() if _missing(v)]
-            missing_as = "none" if gaps and gaps[0] is None else "nan"
-            learnt = _gap_learnt(encoded.get(name))
-            if learnt is not None:  # what the encoder saw in fitting beats a re-read table
-                missing_as = learnt
-            if missing_as == "none" and dtype in {"str", "string"}:
-                dtype = "object"  # pandas' string dtype cannot hold None
-            json_type = "number" if kind == NUMERIC else _json_type_of(column.tolist(), name)
-            if kind == CATEGORICAL and dtype == "category":
-                json_type = _json_type_of(list(categories or ()), name)
-        elif name in categorical or name in encoded or name in hgb_categorical:
-            kind = CATEGORICAL
+            spec = _spec_of_column(training_data[name], name, declared, encoded.get(name))
+        elif name in declared:
             known = encoded.get(name)
-            json_type = "string" if known is None else _json_type_of(list(known), name)
-            if name in hgb_categorical and known is None:
-                json_type = "integer"
-            missing_as = _gap_learnt(known) or "nan"
+            default = "string" if name not in _hgb_categorical(model, names) else "integer"
+            json_type = default if known is None else _json_type_of(list(known), name)
+            spec = FeatureSpec(name, CATEGORICAL, json_type=json_type,
+                               missing_as=_gap_learnt(known) or "nan")  # fmt: skip
         else:
-            kind = NUMERIC
-            json_type = "number"
-        if frame_input and dtype is None:
-            dtype = "float64" if kind == NUMERIC else "object"
-        if not frame_input and json_type == "string":
+            spec = FeatureSpec(name)
+        if not frame_input and spec.json_type == "string":
             raise RegistrationError(
                 f"feature {name!r} holds strings but the model was fitted on an array of "
                 "numbers: fit it on a DataFrame with a ColumnTransformer that encodes the "
                 "strings, or send the feature as numbers"
             )
-        kept_dtype = dtype if frame_input else None
-        specs.append(FeatureSpec(name, kind, nullable=False, json_type=json_type,
-                                 dtype=kept_dtype, categories=categories,
-                                 missing_as=missing_as))  # fmt: skip
+        if not frame_input:
+            spec = dataclasses.replace(spec, dtype=None)
+        elif spec.dtype is None:
+            spec = dataclasses.replace(spec, dtype="float64" if spec.numeric else "object")
+        specs.append(spec)
     return specs
+
+
+def _spec_of_column(
+    column: Any,  # noqa: ANN401 - a pandas Series
+    name: str,
+    declared: set[str],
+    known: Any,  # noqa: ANN401 - the fitted encoder's categories, or None
+) -> FeatureSpec:
+    """A feature's kind, JSON type, dtype and gap marker from its training column."""
+    dtype = str(column.dtype)
+    kind = CATEGORICAL if name in declared else _kind_of_column(column, name)
+    categories = None
+    if dtype == "category":
+        categories = tuple(_json_default_safe(c) for c in column.dtype.categories)
+    gaps = [v for v in column.tolist() if _missing(v)]
+    # What the encoder saw in fitting beats a table read back from a file.
+    missing_as = _gap_learnt(known) or ("none" if gaps and gaps[0] is None else "nan")
+    if missing_as == "none" and dtype in {"str", "string"}:
+        dtype = "object"  # pandas' string dtype cannot hold None
+    if kind == NUMERIC:
+        json_type = "number"
+    elif dtype == "category":
+        json_type = _json_type_of(list(categories or ()), name)
+    else:
+        json_type = _json_type_of(column.tolist(), name)
+    return FeatureSpec(name, kind, json_type=json_type, dtype=dtype, categories=categories,
+                       missing_as=missing_as)  # fmt: skip
 
 
 def _gap_learnt(categories: Any) -> str | None:  # noqa: ANN401
