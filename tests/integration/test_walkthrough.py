@@ -17,9 +17,15 @@ from pathlib import Path
 from tests.conftest import KafkaUnderTest
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-BLOCK = re.compile(
-    r"^```(?P<kind>sh|python) walkthrough\n(?P<body>.*?)^```$", re.MULTILINE | re.DOTALL
-)
+
+
+def blocks(tag: str) -> re.Pattern[str]:
+    return re.compile(
+        rf"^```(?P<kind>sh|python) {tag}\n(?P<body>.*?)^```$", re.MULTILINE | re.DOTALL
+    )
+
+
+BLOCK = blocks("walkthrough")
 README_BOOTSTRAP = "127.0.0.1:9092"
 
 
@@ -29,9 +35,9 @@ class Step:
     text: str
 
 
-def walkthrough_steps(readme: str) -> list[Step]:
+def walkthrough_steps(readme: str, tag: str = "walkthrough") -> list[Step]:
     steps = []
-    for block in BLOCK.finditer(readme):
+    for block in blocks(tag).finditer(readme):
         if block["kind"] == "python":
             steps.append(Step("python", block["body"]))
             continue
@@ -64,12 +70,14 @@ def _environment(kafka: KafkaUnderTest, work: Path) -> dict[str, str]:
     return env
 
 
-def test_the_readme_walkthrough_runs_as_written(kafka: KafkaUnderTest, tmp_path: Path) -> None:
+def run_steps(kafka: KafkaUnderTest, tmp_path: Path, tag: str) -> list[str]:
+    """Run the README's `tag` blocks in order; return what the snippets printed. The workers
+    started in the background are stopped with SIGTERM at the end and must exit 0."""
     env = _environment(kafka, tmp_path)
     background: list[tuple[str, subprocess.Popen[bytes], Path]] = []
     printed: list[str] = []
     try:
-        for step in walkthrough_steps(README.read_text()):
+        for step in walkthrough_steps(README.read_text(), tag):
             if step.kind == "python":
                 code = step.text.replace(README_BOOTSTRAP, kafka.bootstrap_servers)
                 done = subprocess.run(
@@ -99,7 +107,11 @@ def test_the_readme_walkthrough_runs_as_written(kafka: KafkaUnderTest, tmp_path:
         for name, proc, _ in background:
             codes[name] = proc.wait(timeout=60)
     assert codes == {"infer": 0, "monitor": 0}
+    return printed
 
+
+def test_the_readme_walkthrough_runs_as_written(kafka: KafkaUnderTest, tmp_path: Path) -> None:
+    printed = run_steps(kafka, tmp_path, "walkthrough")
     read_back = printed[-1]
     counts = {line.split()[0]: int(line.split()[1]) for line in read_back.splitlines()}
     assert counts["predictions"] >= 1001
@@ -124,3 +136,24 @@ def test_a_walkthrough_step_that_fails_is_reported() -> None:
     done = subprocess.run(shlex.split(steps[0].text), check=False)
     assert done.returncode != 0
     assert time.monotonic() - started < 10
+
+
+def test_the_readme_serve_your_own_model_runs_as_written(
+    kafka: KafkaUnderTest, tmp_path: Path
+) -> None:
+    steps = walkthrough_steps(README.read_text(), "own-model")
+    assert [s.kind for s in steps].count("python") == 2
+    assert any(s.text.startswith("scorestream register") for s in steps)
+    printed = run_steps(kafka, tmp_path, "own-model")
+    assert (tmp_path / "models" / "spend" / "1" / "manifest.json").is_file()
+    kinds = json.loads((tmp_path / "models" / "churn" / "1" / "manifest.json").read_text())
+    assert kinds["feature_kinds"]["device"] == {
+        "kind": "categorical", "nullable": True, "json_type": "string", "dtype": "str"
+    }  # fmt: skip
+    count = printed[-1].split()
+    assert count[0] == "predictions"
+    assert int(count[1]) >= 4000
+    monitor_log = [json.loads(line) for line in (tmp_path / "monitor.log").read_text().splitlines()
+                   if line.startswith("{")]  # fmt: skip
+    stopped = next(r for r in monitor_log if r["event"] == "monitor_stopped")
+    assert stopped["joined"] >= 4000
