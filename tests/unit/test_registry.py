@@ -263,3 +263,30 @@ def test_register_from_a_pickle_file_and_a_csv(tmp_path: Path) -> None:
     folder = register(model_path, name="m", models_dir=tmp_path / "models", training_data=csv,
                       target="churned")  # fmt: skip
     assert read_manifest(folder).raw["metrics"]["accuracy"] > 0.5
+
+
+def test_an_ordinal_encoded_pipeline_registered_without_data_takes_its_kinds_from_the_encoder(
+    tmp_path: Path,
+) -> None:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OrdinalEncoder
+
+    frame = table()
+    encode = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1,
+                            encoded_missing_value=-2)  # fmt: skip
+    prepare = ColumnTransformer([("categories", encode, CATEGORICAL)], remainder="passthrough")
+    model = Pipeline([
+        ("prepare", prepare),
+        ("trees", HistGradientBoostingClassifier(max_iter=30, categorical_features=[0, 1, 2])),
+    ]).fit(frame[FEATURES], frame["churned"])  # fmt: skip
+    folder = register(model, name="ordinal", models_dir=tmp_path)
+    found = kinds(folder)
+    assert {found[c][0] for c in CATEGORICAL} == {"categorical"}
+    assert read_manifest(folder).raw["feature_kinds"]["plan"]["json_type"] == "string"
+    assert found["device"][1]  # the encoder codes a gap: null is legal
+    live = table(500, seed=9)
+    live.loc[::7, "country"] = "Atlantis"
+    expected = np.asarray(model.predict_proba(live[FEATURES])).max(axis=1)
+    assert np.array_equal(served(folder, live), expected)

@@ -83,6 +83,16 @@ class AlertRules:
         return None if reference_mae is None else self.mae_ratio * reference_mae
 
 
+def _cooled_down(state: VersionAlerts | ErrorAlerts, rules: AlertRules, joined: int) -> bool:
+    """Whether a drift alert may fire again (`--drift-cooldown` outcomes after the last one);
+    when it may, the cooldown starts over from `joined`."""
+    last = state.last_drift_at_joined
+    if last is not None and joined - last < rules.drift_cooldown:
+        return False
+    state.last_drift_at_joined = joined
+    return True
+
+
 @dataclass(slots=True)
 class VersionAlerts:
     """Alert state of one model version: whether it is in a low-accuracy episode, cooldowns."""
@@ -123,11 +133,7 @@ class VersionAlerts:
                 baseline_accuracy=snap.reference_accuracy,
             )
 
-        if drifted and (
-            self.last_drift_at_joined is None
-            or snap.joined - self.last_drift_at_joined >= rules.drift_cooldown
-        ):
-            self.last_drift_at_joined = snap.joined
+        if drifted and _cooled_down(self, rules, snap.joined):
             alerts.append(alert(DRIFT_DETECTED, "warning", detector))
         accuracy = snap.window_accuracy
         if accuracy is not None and snap.window_size >= rules.min_outcomes:
@@ -238,11 +244,7 @@ class ErrorAlerts:
                 threshold_mae=threshold,
             )
 
-        if drifted and (
-            self.last_drift_at_joined is None
-            or snap.joined - self.last_drift_at_joined >= rules.drift_cooldown
-        ):
-            self.last_drift_at_joined = snap.joined
+        if drifted and _cooled_down(self, rules, snap.joined):
             alerts.append(alert(DRIFT_DETECTED, "warning", detector))
         mae = snap.window_mae
         if threshold is not None and mae is not None and snap.window_size >= rules.min_outcomes:

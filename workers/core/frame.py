@@ -26,35 +26,44 @@ from workers.core.scoring import (
 )
 
 
-def typed_column(values: npt.NDArray[Any], spec: FeatureSpec) -> Any:  # noqa: ANN401, PLR0911
-    """One column in the dtype the model was fitted with (None -> NaN, as pandas reads gaps)."""
+def typed_column(values: npt.NDArray[Any], spec: FeatureSpec) -> Any:  # noqa: ANN401
+    """One column in the dtype the model was fitted with; a gap as the training table wrote it
+    (None or NaN), in a column that can hold one as pandas would have held it."""
     import pandas as pd  # noqa: PLC0415 - only models that take a frame need pandas
 
     if spec.numeric:
         # float64 whatever the training column's number type: an event may send 2.5 for a
         # column that held integers, and casting it would score another row than was sent.
         return values
-    missing = np.fromiter((v is None for v in values), dtype=bool, count=len(values))
     dtype = spec.dtype or "object"
     if dtype == "category":
         return pd.Categorical(values, categories=list(spec.categories or ()))
+    missing = np.fromiter((v is None for v in values), dtype=bool, count=len(values))
+    if dtype.startswith("float"):  # integer categories that had gaps in training
+        return np.where(missing, np.nan, values).astype(np.float64)
     if not missing.any():
-        if dtype in {"bool", "int64", "int32"}:
-            return values.astype(dtype)
-        if dtype in {"object", "str", "string"}:
-            # Explicit: pandas 3 would make an object array of strings its own `str` dtype.
-            return pd.Series(values, dtype=dtype, copy=False)
-    if spec.json_type in {"integer", "boolean"} and dtype.startswith("float"):
-        floats = np.where(missing, np.nan, values)
-        return floats.astype(np.float64)
-    with_nan = values.copy()
-    with_nan[missing] = spec.null_value if dtype == "object" else np.nan
-    if dtype == "object":
-        return pd.Series(with_nan, dtype=object, copy=False)
+        return _series(values, dtype)
+    filled = values.copy()
+    filled[missing] = spec.null_value if dtype == "object" else np.nan
+    if dtype in _HOLDS_NA:
+        return _series(filled, dtype)
+    # A numpy bool or int column cannot hold a gap: pandas holds such a column as objects
+    # (and would turn NaN into True if asked for bool).
+    return pd.Series(filled, dtype=object, copy=False)
+
+
+# pandas dtypes with a missing-value marker of their own.
+_HOLDS_NA = frozenset({"str", "string", "boolean", "Int64", "Int32", "object"})
+
+
+def _series(values: npt.NDArray[Any], dtype: str) -> Any:  # noqa: ANN401
+    import pandas as pd  # noqa: PLC0415
+
     try:
-        return pd.array(with_nan, dtype=dtype)
+        # Explicit: pandas 3 would make an object array of strings its own `str` dtype.
+        return pd.Series(values, dtype=dtype, copy=False)
     except (TypeError, ValueError):
-        return with_nan
+        return pd.Series(values, dtype=object, copy=False)
 
 
 def frame(columns: Columns, specs: Sequence[FeatureSpec]) -> Any:  # noqa: ANN401 - a DataFrame
