@@ -26,13 +26,16 @@ def test_throughput_bench_quick_mode_runs_every_workload(
     result = json.loads(out.read_text())
     workloads = result["workloads"]
     assert set(workloads) == {"a passthrough", "b naive", "c infer-lr", "d infer-hgb",
-                              "e monitor", "f infer-lr exactly-once"}  # fmt: skip
+                              "e monitor", "f infer-lr exactly-once", "g infer-mixed",
+                              "h infer-hgb-reg"}  # fmt: skip
     assert all(w["events_per_s"] > 0 for w in workloads.values())
     assert workloads["e monitor"]["joined"] == result["events"]
     assert set(result["latency"]) == {"c infer-lr", "a passthrough"}
     assert result["memory"]["bytes_per_pending"] > 0
     assert set(result["checks"]) == {"(c) >= 0.6 x (a)", "(d) >= 0.4 x (a)", "(c) >= 50 x (b)",
                                      "p99 (c) <= p99 (a) + 10 ms", "(e) >= 0.5 x (a)",
+                                     "(g) mixed pipeline >= 0.4 x (a)",
+                                     "(h) HGB regressor >= 0.4 x (a)",
                                      "<= 300 bytes per pending prediction"}  # fmt: skip
     assert result["machine"]["cpus"] == os.cpu_count()
 
@@ -46,5 +49,6 @@ def test_drift_bench_runs_and_reports_every_check(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode in (0, 1), proc.stderr[-3000:]  # 1: a target missed on 3 seeds
     result = json.loads(out.read_text())
-    assert len(result["checks"]) == 7
-    assert {r["detector"] for r in result["results"]} >= {"page_hinkley_pair", "adwin"}
+    assert len(result["checks"]) == 10
+    assert {r["detector"] for r in result["results"]} >= {"page_hinkley_pair", "adwin",
+                                                          "error_cusum"}  # fmt: skip
