@@ -36,7 +36,7 @@ def churn_pipeline(
                 OneHotEncoder(handle_unknown=handle_unknown),
             ), CATEGORICAL),
         ],
-        sparse_threshold=0.3 if sparse else 0.0,
+        sparse_threshold=1.0 if sparse else 0.0,  # 1.0: sparse whatever the density
     )  # fmt: skip
     model = Pipeline([("prepare", prepare), ("classify", LogisticRegression(max_iter=1000))])
     return model.fit(frame[FEATURES], frame["churned"])
