@@ -49,9 +49,12 @@ def _unavailable(reason: str) -> None:
 
 
 def free_base_port(span: int) -> int:
-    """A base port with `span` free ports after it, picked at random to avoid collisions."""
+    """A base port with `span` free ports after it, picked at random to avoid collisions.
+
+    Below Linux's ephemeral range (32768 and up): a port checked free there can be taken by an
+    outgoing connection before the broker binds it (a 3-node start failed that way)."""
     for _ in range(200):
-        base = random.randrange(20000, 40000, 2)
+        base = random.randrange(20000, 32768 - span, 2)
         if all(cluster.port_free(base + i) for i in range(span)):
             return base
     raise RuntimeError("no free port range found")
