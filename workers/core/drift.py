@@ -160,37 +160,47 @@ class FeatureDrift:
     per check is below 1e-6.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913, PLR0917 - one per summary statistic
         self,
         names: Sequence[str],
         train_mean: Sequence[float],
         train_std: Sequence[float],
         window: int = 200,
         z_threshold: float = 5.0,
+        constant: Sequence[bool] | None = None,
     ) -> None:
         self.names = tuple(names)
         self.window = window
         self.z_threshold = z_threshold
         self.mean: npt.NDArray[np.float64] = np.asarray(train_mean, dtype=np.float64)
         std = np.asarray(train_std, dtype=np.float64)
-        # A constant training feature has no scale: any movement of it is reported by value.
-        self.std = np.where(std > 0, std, np.inf)
+        # A feature constant in training (its min equals its max, or no spread at all) has no
+        # scale: a std of 1e-16 left by round-off would flag it on every window, one of 0 never.
+        # It is compared exactly instead: any other value in the window is drift.
+        given = np.zeros(len(self.names), bool) if constant is None else np.asarray(constant)
+        self.constant = given | (std <= 0)
+        self.std = np.where(self.constant, np.inf, std)
         self._rows = np.zeros((window, len(self.names)), dtype=np.float64)
         self._sum = np.zeros(len(self.names), dtype=np.float64)
+        self._off = np.zeros(len(self.names), dtype=np.int64)  # window values != a constant
         self.seen = 0
 
     def update(self, row: Sequence[float]) -> list[MovedFeature]:
         """Add one event's features (manifest order); return the features that moved."""
         slot = self.seen % self.window
         values = np.asarray(row, dtype=np.float64)
-        self._sum += values - self._rows[slot]
+        old = self._rows[slot]
+        self._sum += values - old
+        if self.seen >= self.window:
+            self._off -= (old != self.mean) & self.constant
+        self._off += (values != self.mean) & self.constant
         self._rows[slot] = values
         self.seen += 1
         if self.seen < self.window:
             return []
         live = self._sum / self.window
-        z = (live - self.mean) / (self.std / np.sqrt(self.window))
-        moved = np.flatnonzero(np.abs(z) > self.z_threshold)
+        z = np.where(self.constant, 0.0, (live - self.mean) / (self.std / np.sqrt(self.window)))
+        moved = np.flatnonzero((np.abs(z) > self.z_threshold) | (self._off > 0))
         return [
             MovedFeature(
                 name=self.names[j],
@@ -206,4 +216,5 @@ class FeatureDrift:
         """Forget the live window (after an alert, so the next verdict is on fresh events)."""
         self._rows[:] = 0.0
         self._sum[:] = 0.0
+        self._off[:] = 0
         self.seen = 0

@@ -347,7 +347,9 @@ class MonitorWorker:
         drift = self.state.feature_drift
         plain = self.feature_decoder.plain_numeric
         wanted = FeatureDrift if plain else KindDrift
-        if not isinstance(drift, wanted) or drift.names != manifest.features:
+        # A checkpoint from before a check's fields existed starts that check afresh.
+        outdated = isinstance(drift, FeatureDrift) and not hasattr(drift, "constant")
+        if not isinstance(drift, wanted) or drift.names != manifest.features or outdated:
             if plain:
                 self.state.feature_drift = FeatureDrift(
                     manifest.features,
@@ -355,6 +357,10 @@ class MonitorWorker:
                     [summary[f]["std"] for f in manifest.features],
                     window=self.settings.feature_window,
                     z_threshold=self.settings.feature_z_threshold,
+                    constant=[
+                        "min" in summary[f] and summary[f]["min"] == summary[f].get("max")
+                        for f in manifest.features
+                    ],
                 )
             else:
                 self.state.feature_drift = KindDrift(

@@ -149,3 +149,18 @@ def test_a_redacted_feature_alert_quotes_no_feature_values() -> None:
     assert "30.9" not in str(hidden.fields())
     plain = Alert("drift_detected", "warning", "m", 1, joined=5, at=1)
     assert redacted(plain) is plain
+
+
+def test_a_constant_training_feature_is_compared_exactly() -> None:
+    # Round-off left a std of 1e-16 on one constant and exactly 0 on the other.
+    monitor = FeatureDrift(["a", "b", "c"], [3.0, 0.1, 5.0], [1e-16, 0.0, 1.0], window=50,
+                           constant=[True, True, False])  # fmt: skip
+    rng = np.random.default_rng(0)
+    for _ in range(500):  # unchanged constants: never drift, whatever the running sums hold
+        assert monitor.update([3.0, 0.1, 5.0 + float(rng.normal())]) == []
+    moved = monitor.update([3.0, 0.1000001, 5.0])
+    assert [m.name for m in moved] == ["b"]
+    assert moved[0].live_mean != 0.1
+    for _ in range(49):  # the odd value leaves the window: silent again
+        monitor.update([3.0, 0.1, 5.0])
+    assert monitor.update([3.0, 0.1, 5.0]) == []
