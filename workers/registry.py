@@ -15,6 +15,7 @@ import dataclasses
 import io
 import json
 import math
+import platform
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +26,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from workers.core.events import ClassLabelError, class_label
+from workers.core.events import ClassLabelError, class_label, json_value
 from workers.core.feature_spec import CATEGORICAL, NUMERIC, FeatureSpec, plain_numeric
 from workers.core.feature_summary import summarize_table
 from workers.core.scoring import ScoredBatch, Scorer, columns_from_rows
@@ -293,14 +294,15 @@ def _specs(
         raise RegistrationError(f"--categorical names {unknown}, which are not features")
     encoded = {} if model is None else _encoded_columns(model)
     # Columns the model itself encodes as categories, whatever their values look like.
-    declared = set(categorical) | set(encoded) | _hgb_categorical(model, names)
+    native = _hgb_categorical(model, names)
+    declared = set(categorical) | set(encoded) | native
     specs = []
     for name in names:
         if training_data is not None:
             spec = _spec_of_column(training_data[name], name, declared, encoded.get(name))
         elif name in declared:
             known = encoded.get(name)
-            default = "string" if name not in _hgb_categorical(model, names) else "integer"
+            default = "integer" if name in native else "string"
             json_type = default if known is None else _json_type_of(list(known), name)
             spec = FeatureSpec(name, CATEGORICAL, json_type=json_type,
                                missing_as=_gap_learnt(known) or "nan")  # fmt: skip
@@ -331,7 +333,7 @@ def _spec_of_column(
     kind = CATEGORICAL if name in declared else _kind_of_column(column, name)
     categories = None
     if dtype == "category":
-        categories = tuple(_json_default_safe(c) for c in column.dtype.categories)
+        categories = tuple(json_value(c) for c in column.dtype.categories)
     gaps = [v for v in column.tolist() if _missing(v)]
     # What the encoder saw in fitting beats a table read back from a file.
     missing_as = _gap_learnt(known) or ("none" if gaps and gaps[0] is None else "nan")
@@ -360,11 +362,6 @@ def _gap_learnt(categories: Any) -> str | None:  # noqa: ANN401
     return None
 
 
-def _json_default_safe(value: Any) -> Any:  # noqa: ANN401
-    item = getattr(value, "item", None)
-    return item() if callable(item) else value
-
-
 def _kind_of_column(column: Any, name: str) -> str:  # noqa: ANN401
     from pandas.api import types  # noqa: PLC0415
 
@@ -391,6 +388,32 @@ def _hgb_categorical(model: Any, names: list[str]) -> set[str]:  # noqa: ANN401
     return {n for n, categorical in zip(names, mask, strict=False) if categorical}
 
 
+def _draft(  # noqa: PLR0913
+    name: str,
+    framework: str,
+    *,
+    task: str,
+    estimator: str,
+    names: list[str],
+    specs: list[FeatureSpec],
+    versions: dict[str, str],
+    frame_input: bool,
+) -> dict[str, Any]:
+    """The manifest fields every kind of artifact has; the caller adds its own."""
+    return {
+        "name": name,
+        "version": 1,  # the folder number, set when written
+        "framework": framework,
+        "task": task,
+        "estimator": estimator,
+        "input": "frame" if frame_input else "matrix",
+        "features": names,
+        "feature_kinds": {s.name: s.to_json() for s in specs},
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": versions,
+    }
+
+
 def _sklearn_manifest(  # noqa: PLR0913, PLR0917
     model: Any,  # noqa: ANN401
     name: str,
@@ -409,18 +432,10 @@ def _sklearn_manifest(  # noqa: PLR0913, PLR0917
     )  # fmt: skip
     frame_input = model_names is not None
     specs = _specs(model, names, training_data, categorical, frame_input)
-    manifest: dict[str, Any] = {
-        "name": name,
-        "version": 1,  # the folder number, set when written
-        "framework": "sklearn",
-        "task": task,
-        "estimator": type(model).__name__,
-        "input": "frame" if frame_input else "matrix",
-        "features": names,
-        "feature_kinds": {s.name: s.to_json() for s in specs},
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "versions": model_versions(model),
-    }
+    manifest = _draft(
+        name, "sklearn", task=task, estimator=type(model).__name__, names=names, specs=specs,
+        versions=model_versions(model), frame_input=frame_input,
+    )  # fmt: skip
     if task == "classification":
         try:
             manifest["classes"] = [class_label(c) for c in model.classes_]
@@ -466,21 +481,11 @@ def _onnx_manifest(  # noqa: PLR0913, PLR0917
             for s in specs
         ]
     task = _onnx_task(outputs)
-    manifest: dict[str, Any] = {
-        "name": name,
-        "version": 1,  # the folder number, set when written
-        "framework": "onnx",
-        "task": task,
-        "estimator": "onnx",
-        "input": "frame" if per_feature else "matrix",
-        "features": names,
-        "feature_kinds": {s.name: s.to_json() for s in specs},
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "versions": {
-            "python": model_versions(None, always=())["python"],
-            "onnxruntime": runtime().__version__,
-        },
-    }
+    versions = {"python": platform.python_version(), "onnxruntime": runtime().__version__}
+    manifest = _draft(
+        name, "onnx", task=task, estimator="onnx", names=names, specs=specs, versions=versions,
+        frame_input=per_feature,
+    )  # fmt: skip
     if task == "classification":
         width = _onnx_classes(outputs)
         if training_data is not None and target is not None:
@@ -522,7 +527,7 @@ def _rows(training_data: Any, names: list[str], count: int) -> list[tuple[Any, .
     """Up to `count` rows as events carry them (NaN as None, numpy scalars as Python values)."""
     head = training_data[names].head(count)
     return [
-        tuple(None if _missing(v) else _json_default_safe(v) for v in row)
+        tuple(None if _missing(v) else json_value(v) for v in row)
         for row in head.itertuples(index=False, name=None)
     ]
 
@@ -537,7 +542,7 @@ def _synthetic_rows(model: Any, specs: list[FeatureSpec]) -> list[tuple[Any, ...
             continue
         known = [v for v in encoded.get(spec.name, []) if not _missing(v)]
         default = {"string": "", "integer": 0, "boolean": False}[spec.json_type]
-        row.append(_json_default_safe(known[0]) if known else default)
+        row.append(json_value(known[0]) if known else default)
     return [tuple(row)]
 
 
@@ -592,6 +597,34 @@ def _nullable(spec: FeatureSpec) -> FeatureSpec:
     return dataclasses.replace(spec, nullable=True)
 
 
+def _scorer(
+    model: Any,  # noqa: ANN401
+    draft: dict[str, Any],
+    artifact: bytes,
+    specs: list[FeatureSpec],
+) -> Scorer:
+    """The very scorer a worker would build from this manifest with these feature kinds."""
+    manifest = Manifest.from_json(
+        {**draft, "feature_kinds": {s.name: s.to_json() for s in specs}}, "registration"
+    )
+    if manifest.framework == "onnx":
+        from workers.onnx_model import OnnxScorer  # noqa: PLC0415
+
+        return OnnxScorer(artifact, manifest.specs, manifest.classes, manifest.regression)
+    try:
+        return make_scorer(manifest, model)
+    except ModelError as exc:
+        raise RegistrationError(str(exc)) from exc
+
+
+def _score_rows(
+    scorer: Scorer, rows: list[tuple[Any, ...]], specs: list[FeatureSpec]
+) -> ScoredBatch:
+    if plain_numeric(specs) and not any(v is None for row in rows for v in row):
+        return scorer.score(np.array(rows, dtype=np.float64))
+    return scorer.score(columns_from_rows(rows, [s.numeric for s in specs]))
+
+
 def _score(
     model: Any,  # noqa: ANN401
     draft: dict[str, Any],
@@ -600,21 +633,7 @@ def _score(
     specs: list[FeatureSpec],
 ) -> ScoredBatch:
     """Score rows through the very scorer a worker would build from this manifest."""
-    manifest = Manifest.from_json(
-        {**draft, "feature_kinds": {s.name: s.to_json() for s in specs}}, "registration"
-    )
-    if manifest.framework == "onnx":
-        from workers.onnx_model import OnnxScorer  # noqa: PLC0415
-
-        scorer: Scorer = OnnxScorer(artifact, manifest.specs, manifest.classes, manifest.regression)
-    else:
-        try:
-            scorer = make_scorer(manifest, model)
-        except ModelError as exc:
-            raise RegistrationError(str(exc)) from exc
-    if plain_numeric(specs) and not any(v is None for row in rows for v in row):
-        return scorer.score(np.array(rows, dtype=np.float64))
-    return scorer.score(columns_from_rows(rows, [s.numeric for s in specs]))
+    return _score_rows(_scorer(model, draft, artifact, specs), rows, specs)
 
 
 def _metrics(  # noqa: PLR0913, PLR0917
@@ -631,11 +650,13 @@ def _metrics(  # noqa: PLR0913, PLR0917
     required = [s.name for s in specs if not s.nullable]
     labelled = labelled[labelled[required].notna().all(axis=1)] if required else labelled
     rows = _rows(labelled, draft["features"], len(labelled))
-    truth = [_json_default_safe(v) for v in labelled[target].tolist()]
+    truth = [json_value(v) for v in labelled[target].tolist()]
     labels: list[Any] = []
     proba: list[list[float]] = []
+    # Built once: a scorer compares its compiled arithmetic with the model's at construction.
+    scorer = _scorer(model, draft, artifact, specs)
     for start in range(0, len(rows), 1000):
-        scored = _score(model, draft, artifact, rows[start : start + 1000], specs)
+        scored = _score_rows(scorer, rows[start : start + 1000], specs)
         labels.extend(scored.labels)
         if scored.probabilities is not None:
             proba.extend(_probability_row(p) for p in scored.probabilities)
