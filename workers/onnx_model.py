@@ -10,7 +10,6 @@ manifest's class order; a regressor's prediction is its first output.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -165,7 +164,3 @@ def _pick_output(outputs: Sequence[Any], regression: bool) -> str:
         raise ValueError(f"no float output among {[o.name for o in outputs]} to read as "
                          "probabilities")  # fmt: skip
     return str(floats[-1].name)
-
-
-def nan_free(value: Any) -> Any:  # noqa: ANN401
-    return None if isinstance(value, float) and math.isnan(value) else value

@@ -217,7 +217,9 @@ def _compiled(  # noqa: C901, PLR0915 - one builder of closures over the fitted 
         raise Unsupported(f"{coef_t.shape[0]} coefficients for {width} transformed columns")
     outputs = coef_t.shape[1]
     binary = not regression and len(final.classes_) <= 2
-    # Per one-hot input column: its coefficient rows and a zero row for "no column set".
+    # Per input column of each block, its coefficients: one row per output column of a dense
+    # block; for a one-hot column, a table of its categories' rows and a zero row for "no
+    # column set" (an unseen category).
     tables: list[list[Matrix]] = []
     offset = 0
     for block in blocks:
@@ -228,6 +230,7 @@ def _compiled(  # noqa: C901, PLR0915 - one builder of closures over the fitted 
                 per_column.append(np.ascontiguousarray(rows))
                 offset += w
         else:
+            per_column = [coef_t[offset + j] for j in range(block.width)]
             offset += block.width
         tables.append(per_column)
 
@@ -268,7 +271,7 @@ def _compiled(  # noqa: C901, PLR0915 - one builder of closures over the fitted 
             for block, per_column in zip(blocks, tables, strict=True):
                 if isinstance(block, _Dense):
                     values = dense_values(block, columns)
-                    for column, row in zip(values, block_rows(block), strict=True):
+                    for column, row in zip(values, per_column, strict=True):
                         acc += column[:, None] * row
                 else:
                     for code, table in zip(codes(block, columns, refused), per_column, strict=True):
@@ -289,17 +292,6 @@ def _compiled(  # noqa: C901, PLR0915 - one builder of closures over the fitted 
             acc = x @ (coef.T if coef.ndim == 2 else coef.reshape(-1, 1))
         scores: Matrix = acc + intercept
         return scores.reshape(-1) if scores.shape[1] == 1 else scores
-
-    starts: dict[int, int] = {}
-    at = 0
-    for index, block in enumerate(blocks):
-        starts[index] = at
-        at += block.width
-    block_index = {id(block): index for index, block in enumerate(blocks)}
-
-    def block_rows(block: _Dense) -> list[Matrix]:
-        start = starts[block_index[id(block)]]
-        return [coef_t[start + j] for j in range(block.width)]
 
     def predict(columns: Columns) -> Matrix:
         refused = np.zeros(len(columns), dtype=bool)
