@@ -106,6 +106,8 @@ class EventDecoder:
         specs = tuple(f if isinstance(f, FeatureSpec) else FeatureSpec(f) for f in features)
         features = [spec.name for spec in specs]
         self.specs = specs
+        # Per feature, whether it is a number (the others are categories).
+        self.numeric = tuple(spec.numeric for spec in specs)
         # Every feature a non-nullable number: rows go straight into one float matrix.
         self.plain_numeric = plain_numeric(specs)
         if not features:

@@ -83,8 +83,8 @@ def score_batch(
             }
         )
     else:
-        batch = columns_from_rows(rows, [spec.numeric for spec in decoder.specs])
-        not_finite = batch.not_finite([spec.numeric for spec in decoder.specs])
+        batch = columns_from_rows(rows, decoder.numeric)
+        not_finite = batch.not_finite(decoder.numeric)
     if not_finite or dropped:
         keep = _drop_rows(not_finite, dropped, indices, decoder, result)
         if not keep:
