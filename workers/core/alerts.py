@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -83,6 +84,23 @@ class AlertRules:
         return None if reference_mae is None else self.mae_ratio * reference_mae
 
 
+def _version_alert(  # noqa: PLR0913 - the fields every alert has, then its kind's
+    state: VersionAlerts | ErrorAlerts,
+    joined: int,
+    now_ms: int,
+    name: str,
+    severity: str,
+    *,
+    detector: str | None = None,
+    **metrics: float | None,
+) -> Alert:
+    """An alert about one model version, with the metrics its kind reports."""
+    return Alert(
+        name, severity, model_name=state.model_name, model_version=state.model_version,
+        joined=joined, at=now_ms, detector=detector, **metrics,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
 def _cooled_down(state: VersionAlerts | ErrorAlerts, rules: AlertRules, joined: int) -> bool:
     """Whether a drift alert may fire again (`--drift-cooldown` outcomes after the last one);
     when it may, the cooldown starts over from `joined`."""
@@ -119,22 +137,13 @@ class VersionAlerts:
         self, rules: AlertRules, snap: Snapshot, *, drifted: bool, detector: str, now_ms: int
     ) -> list[Alert]:
         alerts = []
-
-        def alert(name: str, severity: str, detector: str | None = None) -> Alert:
-            return Alert(
-                name,
-                severity,
-                model_name=self.model_name,
-                model_version=self.model_version,
-                joined=snap.joined,
-                at=now_ms,
-                detector=detector,
-                window_accuracy=snap.window_accuracy,
-                baseline_accuracy=snap.reference_accuracy,
-            )
+        alert = functools.partial(
+            _version_alert, self, snap.joined, now_ms,
+            window_accuracy=snap.window_accuracy, baseline_accuracy=snap.reference_accuracy,
+        )  # fmt: skip
 
         if drifted and _cooled_down(self, rules, snap.joined):
-            alerts.append(alert(DRIFT_DETECTED, "warning", detector))
+            alerts.append(alert(DRIFT_DETECTED, "warning", detector=detector))
         accuracy = snap.window_accuracy
         if accuracy is not None and snap.window_size >= rules.min_outcomes:
             if not self.below and accuracy < rules.accuracy_threshold:
@@ -229,23 +238,13 @@ class ErrorAlerts:
     ) -> list[Alert]:
         threshold = rules.mae_threshold(snap.reference_mae)
         alerts = []
-
-        def alert(name: str, severity: str, detector: str | None = None) -> Alert:
-            return Alert(
-                name,
-                severity,
-                model_name=self.model_name,
-                model_version=self.model_version,
-                joined=snap.joined,
-                at=now_ms,
-                detector=detector,
-                window_mae=snap.window_mae,
-                baseline_mae=snap.reference_mae,
-                threshold_mae=threshold,
-            )
+        alert = functools.partial(
+            _version_alert, self, snap.joined, now_ms, window_mae=snap.window_mae,
+            baseline_mae=snap.reference_mae, threshold_mae=threshold,
+        )  # fmt: skip
 
         if drifted and _cooled_down(self, rules, snap.joined):
-            alerts.append(alert(DRIFT_DETECTED, "warning", detector))
+            alerts.append(alert(DRIFT_DETECTED, "warning", detector=detector))
         mae = snap.window_mae
         if threshold is not None and mae is not None and snap.window_size >= rules.min_outcomes:
             if not self.above and mae > threshold:
