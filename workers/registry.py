@@ -26,10 +26,13 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from workers import drift_reference
+from workers.core.estimation import Calibration, fit_calibration
 from workers.core.events import ClassLabelError, class_label, json_value
 from workers.core.feature_spec import CATEGORICAL, NUMERIC, FeatureSpec, plain_numeric
 from workers.core.feature_summary import summarize_table
 from workers.core.scoring import ScoredBatch, Scorer, columns_from_rows
+from workers.drift_reference import REFERENCE_FILE
 from workers.library_versions import model_versions
 from workers.model_store import (
     ARTIFACT,
@@ -129,12 +132,14 @@ def register(  # noqa: PLR0913 - one keyword per CLI flag
         joblib.dump(model, buffer)
         artifact_bytes = buffer.getvalue()
     draft["sha256"] = sha256_hex(artifact_bytes)
-    draft = _checked_and_described(model, draft, artifact_bytes, training_data, target)
+    draft, reference = _checked_and_described(model, draft, artifact_bytes, training_data, target)
     draft.update(extra or {})
 
     def write(folder: Path, version: int) -> None:
         draft["version"] = version
         (folder / (ONNX_ARTIFACT if onnx else ARTIFACT)).write_bytes(artifact_bytes)
+        if reference is not None:
+            (folder / REFERENCE_FILE).write_bytes(reference)
         manifest_bytes = (json.dumps(draft, indent=2, default=_json_default) + "\n").encode()
         (folder / MANIFEST).write_bytes(manifest_bytes)
         if signer is not None and signer.enabled:
@@ -552,7 +557,9 @@ def _checked_and_described(
     artifact: bytes,
     training_data: Any,  # noqa: ANN401
     target: str | None,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], bytes | None]:
+    """The draft completed with kinds, nullability, a probe row and, given data, its summary,
+    metrics and drift reference (whose npz bytes come second)."""
     names: list[str] = draft["features"]
     specs = [FeatureSpec.from_json(n, draft["feature_kinds"][n]) for n in names]
     rows: list[tuple[Any, ...]] = []
@@ -586,11 +593,46 @@ def _checked_and_described(
             specs[j] = _nullable(spec)
     draft["feature_kinds"] = {s.name: s.to_json() for s in specs}
     draft["probe"] = dict(zip(names, rows[0], strict=True))
-    if training_data is not None:
-        draft["feature_summary"] = summarize_table(training_data, specs)
-        if target is not None:
-            draft["metrics"] = _metrics(model, draft, artifact, training_data, specs, target)
-    return draft
+    if training_data is None:
+        return draft, None
+    draft["feature_summary"] = summarize_table(training_data, specs)
+    calibration = None
+    if target is not None:
+        draft["metrics"], calibration = _metrics(model, draft, artifact, training_data, specs,
+                                                 target)  # fmt: skip
+    scorer = _scorer(model, draft, artifact, specs)
+    sample = training_data.iloc[drift_reference.tail(len(training_data))]
+    rows = _rows(sample, names, len(sample))
+    kind, scores = _reference_scores(scorer, draft, rows, specs)
+    columns = [[row[j] for row in rows] for j in range(len(names))]
+    blob = drift_reference.encode(names, [s.numeric for s in specs], columns, kind, scores)
+    draft["reference"] = drift_reference.manifest_entry(blob, len(rows), calibration)
+    return draft, blob
+
+
+def _reference_scores(
+    scorer: Scorer, draft: dict[str, Any], rows: list[tuple[Any, ...]], specs: list[FeatureSpec]
+) -> tuple[str, list[Any]]:
+    """What prediction drift compares: each reference row's served score (None where the
+    row has a gap the model cannot take, as such an event is a dead letter in service)."""
+    regression = draft["task"] == "regression"
+    binary = not regression and len(draft.get("classes") or []) == 2
+    kind = "predicted_value" if regression else ("positive_probability" if binary
+                                                  else "predicted_class")  # fmt: skip
+    required = [j for j, s in enumerate(specs) if not s.nullable]
+    scorable = [i for i, row in enumerate(rows) if all(row[j] is not None for j in required)]
+    scores: list[Any] = [None] * len(rows)
+    for start in range(0, len(scorable), 1000):
+        chosen = scorable[start : start + 1000]
+        scored = _score_rows(scorer, [rows[i] for i in chosen], specs)
+        for k, i in enumerate(chosen):
+            if regression:
+                scores[i] = float(scored.labels[k])
+            elif binary and scored.probabilities is not None:
+                scores[i] = _probability_row(scored.probabilities[k])[1]
+            else:
+                scores[i] = json_value(scored.labels[k])
+    return kind, scores
 
 
 def _nullable(spec: FeatureSpec) -> FeatureSpec:
@@ -643,8 +685,9 @@ def _metrics(  # noqa: PLR0913, PLR0917
     training_data: Any,  # noqa: ANN401
     specs: list[FeatureSpec],
     target: str,
-) -> dict[str, Any]:
-    """Metrics of the served scores on the labelled rows of the registration data."""
+) -> tuple[dict[str, Any], Calibration | None]:
+    """Metrics of the served scores on the labelled rows of the registration data, and (for
+    a classifier) its probabilities calibrated on them, for estimates before labels arrive."""
     labelled = training_data[training_data[target].notna()]
     # Rows with a gap the model cannot take are not scored in service either (dead letters).
     required = [s.name for s in specs if not s.nullable]
@@ -662,11 +705,14 @@ def _metrics(  # noqa: PLR0913, PLR0917
             proba.extend(_probability_row(p) for p in scored.probabilities)
     if draft["task"] == "regression":
         return {**regression_metrics(np.array(truth, float), np.array(labels, float)),
-                "rows": len(rows)}  # fmt: skip
-    metrics = classification_metrics(
-        [class_label(t) for t in truth], np.array(proba, dtype=np.float64), draft["classes"]
-    )
-    return {**metrics, "rows": len(rows)}
+                "rows": len(rows)}, None  # fmt: skip
+    classes = draft["classes"]
+    matrix = np.array(proba, dtype=np.float64)
+    actual = [class_label(t) for t in truth]
+    metrics = classification_metrics(actual, matrix, classes)
+    position = {c: i for i, c in enumerate(classes)}
+    calibration = fit_calibration(matrix, [position.get(a, -1) for a in actual])
+    return {**metrics, "rows": len(rows)}, calibration
 
 
 def _probability_row(probabilities: Any) -> list[float]:  # noqa: ANN401

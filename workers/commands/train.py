@@ -18,7 +18,9 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
+from workers import drift_reference
 from workers.commands.shared import EXIT_OK, add_logging_options, names
+from workers.core.estimation import fit_calibration
 from workers.core.events import class_label, snake_case
 from workers.core.feature_summary import summarize_features
 from workers.model_store import ARTIFACT, MANIFEST, list_versions, register, sha256_hex
@@ -271,10 +273,24 @@ def train_on(  # noqa: PLR0913
         classes = [class_label(c) for c in model.classes_]
         proba = model.predict_proba(x_test)
     metrics = _metrics(y_test, proba, classes)
+    # The held-out rows are the drift reference (these data sets have no time order), and the
+    # probabilities are calibrated on them for estimates before labels arrive.
+    position = {c: i for i, c in enumerate(classes)}
+    calibration = fit_calibration(
+        np.asarray(proba, dtype=np.float64), [position.get(class_label(y), -1) for y in y_test]
+    )
+    binary = len(classes) == 2
+    reference = drift_reference.encode(
+        data.features, [True] * len(data.features), [x_test[:, j].tolist()
+                                                     for j in range(len(data.features))],
+        "positive_probability" if binary else "predicted_class",
+        [float(p[1]) for p in proba] if binary else [classes[int(np.argmax(p))] for p in proba],
+    )  # fmt: skip
 
     def write(folder: Path, version: int) -> None:
         artifact = folder / ARTIFACT
         joblib.dump(model, artifact)
+        (folder / drift_reference.REFERENCE_FILE).write_bytes(reference)
         manifest = {
             "name": name,
             "version": version,
@@ -289,6 +305,7 @@ def train_on(  # noqa: PLR0913
             "versions": _library_versions(framework),
             "metrics": {**metrics, "train_rows": len(y_train), "test_rows": len(y_test)},
             "feature_summary": summarize_features(x_train, data.features),
+            "reference": drift_reference.manifest_entry(reference, len(y_test), calibration),
             "seed": seed,
         }
         manifest_bytes = (json.dumps(manifest, indent=2) + "\n").encode()
