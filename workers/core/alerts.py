@@ -9,7 +9,9 @@ from typing import Any
 
 import msgspec
 
+from workers.core.calibrated_drift import Finding
 from workers.core.drift import MovedFeature
+from workers.core.estimation import EstimatedPerformance
 from workers.core.kind_drift import DriftedFeature
 from workers.core.performance import ErrorSnapshot, Snapshot
 
@@ -19,10 +21,17 @@ ACCURACY_RECOVERED = "accuracy_recovered"
 FEATURE_DRIFT = "feature_drift"
 ERROR_ABOVE_THRESHOLD = "error_above_threshold"
 ERROR_RECOVERED = "error_recovered"
+ESTIMATED_ACCURACY_BELOW_THRESHOLD = "estimated_accuracy_below_threshold"
 ALERT_NAMES = (
     DRIFT_DETECTED, ACCURACY_BELOW_THRESHOLD, ACCURACY_RECOVERED, FEATURE_DRIFT,
-    ERROR_ABOVE_THRESHOLD, ERROR_RECOVERED,
+    ERROR_ABOVE_THRESHOLD, ERROR_RECOVERED, ESTIMATED_ACCURACY_BELOW_THRESHOLD,
 )  # fmt: skip
+# feature_drift's detector: checks calibrated on a version's reference (its features, or its
+# predictions' scores), or, for versions registered without one, the training summary's.
+CALIBRATED = "calibrated_reference"
+PREDICTION_DRIFT = "prediction_drift"
+# Findings an alert lists, the furthest over their thresholds first.
+TOP_FINDINGS = 5
 
 
 class Alert(msgspec.Struct, omit_defaults=True):
@@ -38,6 +47,13 @@ class Alert(msgspec.Struct, omit_defaults=True):
     window_mae: float | None = None
     baseline_mae: float | None = None
     threshold_mae: float | None = None
+    # Data drift: the method, statistic and threshold of the check furthest over its line.
+    method: str | None = None
+    statistic: float | None = None
+    threshold: float | None = None
+    # Estimated from probabilities alone (CBPE) over the version's last --window predictions.
+    estimated_accuracy: float | None = None
+    estimated_f1: float | None = None
     features: dict[str, dict[str, Any]] | None = None
 
     def fields(self) -> dict[str, Any]:
@@ -47,7 +63,8 @@ class Alert(msgspec.Struct, omit_defaults=True):
 # A drifted feature's statistics that describe the shift without quoting the data's values.
 _VALUE_FREE_STATISTICS = frozenset(
     {"shift_sigma", "z", "check", "chi2", "threshold", "total_variation", "unseen_share",
-     "train_missing_rate", "live_missing_rate", "values_not_constant"}
+     "train_missing_rate", "live_missing_rate", "values_not_constant", "method", "statistic",
+     "spread_ratio", "reference_missing_rate", "contributions", "components", "reference_error"}
 )  # fmt: skip
 
 
@@ -162,19 +179,28 @@ class FeatureAlerts:
     model_version: int
     last_at_seen: int | None = None
 
-    def on_moved(
+    def on_moved(  # noqa: PLR0913 - what moved and when, then how to name the detector
         self,
         rules: AlertRules,
-        moved: Sequence[MovedFeature | DriftedFeature],
+        moved: Sequence[MovedFeature | DriftedFeature | Finding],
         seen: int,
         joined: int,
         now_ms: int,
+        *,
+        detector: str | None = None,
     ) -> list[Alert]:
         if not moved:
             return []
         if self.last_at_seen is not None and seen - self.last_at_seen < rules.drift_cooldown:
             return []
         self.last_at_seen = seen
+        top = moved[0] if isinstance(moved[0], Finding) else None
+        if detector is None:
+            detector = (
+                CALIBRATED if top is not None
+                else "per_kind" if any(isinstance(m, DriftedFeature) for m in moved)
+                else "mean_z_test"
+            )  # fmt: skip
         return [
             Alert(
                 FEATURE_DRIFT,
@@ -183,17 +209,18 @@ class FeatureAlerts:
                 model_version=self.model_version,
                 joined=joined,
                 at=now_ms,
-                detector=(
-                    "per_kind"
-                    if any(isinstance(m, DriftedFeature) for m in moved)
-                    else "mean_z_test"
-                ),
-                features=_described(moved),
+                detector=detector,
+                method=None if top is None else top.method,
+                statistic=None if top is None else round(top.statistic, 6),
+                threshold=None if top is None else round(top.threshold, 6),
+                features=_described(moved[:TOP_FINDINGS] if top is not None else moved),
             )
         ]
 
 
-def _described(moved: Sequence[MovedFeature | DriftedFeature]) -> dict[str, dict[str, Any]]:
+def _described(
+    moved: Sequence[MovedFeature | DriftedFeature | Finding],
+) -> dict[str, dict[str, Any]]:
     features: dict[str, dict[str, Any]] = {}
     for m in moved:
         if isinstance(m, MovedFeature):
@@ -204,9 +231,45 @@ def _described(moved: Sequence[MovedFeature | DriftedFeature]) -> dict[str, dict
                 "z": round(m.z, 2),
             }
             continue
+        if isinstance(m, Finding):
+            key = m.feature if m.feature not in features else f"{m.feature} ({m.check})"
+            features[key] = {"check": m.check, "method": m.method,
+                             "statistic": round(m.statistic, 6),
+                             "threshold": round(m.threshold, 6), **m.stats}  # fmt: skip
+            continue
         key = m.name if m.name not in features else f"{m.name} ({m.check})"
         features[key] = {"check": m.check, **m.stats}
     return features
+
+
+def estimate_alert(  # noqa: PLR0913 - the version, then what it is judged by
+    estimate: EstimatedPerformance,
+    rules: AlertRules,
+    *,
+    model_name: str,
+    model_version: int,
+    joined: int,
+    now_ms: int,
+) -> Alert | None:
+    """`estimated_accuracy_below_threshold` when the estimate falls under the threshold; it
+    re-arms once the estimate is back at threshold + margin (no alert for that: the labels'
+    accuracy_recovered says it with certainty)."""
+    accuracy = estimate.accuracy()
+    if accuracy is None or estimate.size < rules.min_outcomes:
+        return None
+    if estimate.below:
+        if accuracy >= rules.accuracy_threshold + rules.recover_margin - 1e-9:
+            estimate.below = False
+        return None
+    if accuracy >= rules.accuracy_threshold:
+        return None
+    estimate.below = True
+    return Alert(
+        ESTIMATED_ACCURACY_BELOW_THRESHOLD, "critical", model_name=model_name,
+        model_version=model_version, joined=joined, at=now_ms, detector="cbpe",
+        method="cbpe", statistic=round(accuracy, 6), threshold=rules.accuracy_threshold,
+        estimated_accuracy=round(accuracy, 6), estimated_f1=estimate.f1(),
+    )  # fmt: skip
 
 
 @dataclass(slots=True)

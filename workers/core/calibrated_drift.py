@@ -32,7 +32,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -242,10 +242,9 @@ class _Feature:
             self.mean = float(present_values.mean()) if present_values.size else 0.0
             self.std = float(present_values.std()) if present_values.size else 0.0
             if self.std > 0:
-                mean, std = self.mean, self.std
                 self.moments = [
-                    _Moment("mean", lambda x: x, values, starts, n),
-                    _Moment("spread", lambda x: ((x - mean) / std) ** 2, values, starts, n),
+                    _Moment(check, self.mean, self.std, values, starts, n)
+                    for check in ("mean", "spread")
                 ]
 
     @property
@@ -344,11 +343,12 @@ class _Moment:
     ((x - reference mean) / reference std)^2 ("spread": the variance about the reference
     mean, which a change of scale moves and a mean test does not see)."""
 
-    def __init__(
-        self, check: str, g: Callable[[Floats], Floats], values: Floats, starts: Ints, n: int
+    def __init__(  # noqa: PLR0913, PLR0917 - the test, then the reference windows
+        self, name: str, center: float, scale: float, values: Floats, starts: Ints, n: int
     ) -> None:
-        self.name, self.g = check, g
-        transformed = g(values)
+        # No lambdas: the checks are pickled with the monitor's checkpoints.
+        self.name, self.center, self.scale = name, center, scale
+        transformed = self.g(values)
         gap = np.isnan(transformed)
         present = transformed[~gap]
         self.mean = float(present.mean()) if present.size else 0.0
@@ -357,6 +357,12 @@ class _Moment:
         seen = np.concatenate([[0], np.cumsum(~gap)])
         total, count = sums[starts + n] - sums[starts], seen[starts + n] - seen[starts]
         self.threshold = calibrate(self._z2(total, count), 1.0, _CHI2_1)
+
+    def g(self, values: Floats) -> Floats:
+        if self.name == "mean":
+            return values
+        standard: Floats = ((values - self.center) / self.scale) ** 2
+        return standard
 
     def _z2(self, total: Floats, count: Ints) -> Floats:
         if self.std <= 0:
@@ -559,3 +565,49 @@ class MultivariateDrift:
              "contributions": {self.names[j]: round(max(float(rise[j]), 0.0) / positive, 4)
                                for j in order.tolist() if rise[j] > 0}},
         )  # fmt: skip
+
+
+class ReferenceDrift:
+    """The data-drift checks of one model version's features: univariate per feature and the
+    multivariate check on its numeric ones, all calibrated on the version's reference."""
+
+    def __init__(  # noqa: PLR0913
+        self,
+        names: Sequence[str],
+        numeric: Sequence[bool],
+        reference: Sequence[Sequence[Any] | Floats],
+        *,
+        window: int = 200,
+        shape_window: int = 500,
+        multivariate_window: int = 500,
+        sha256: str = "",
+    ) -> None:
+        self.names = tuple(names)
+        self.sha256 = sha256
+        self.windows = (window, shape_window, multivariate_window)
+        self.univariate = UnivariateDrift(
+            names, numeric, reference, window=window, shape_window=shape_window
+        )
+        self.numeric = [j for j, is_number in enumerate(numeric) if is_number]
+        matrix = (
+            np.stack([np.asarray(reference[j], dtype=np.float64) for j in self.numeric], axis=1)
+            if self.numeric
+            else np.zeros((0, 0))
+        )
+        self.multivariate = MultivariateDrift(
+            [self.names[j] for j in self.numeric], matrix, window=multivariate_window
+        )
+        self.seen = 0
+
+    def update(self, row: Sequence[Any]) -> list[Finding]:
+        self.seen += 1
+        found = self.univariate.update(row)
+        if self.multivariate.enabled:
+            numbers = np.array([row[j] for j in self.numeric], dtype=np.float64)
+            combined = self.multivariate.update(numbers)
+            if combined is not None:
+                found = sorted([*found, combined], key=lambda f: -f.ratio)
+        return found
+
+    def restart_window(self) -> None:
+        self.univariate.restart()

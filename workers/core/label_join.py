@@ -48,6 +48,8 @@ class PendingPrediction(msgspec.Struct, frozen=True, gc=False):
     positive: str | None = None
     # A regressor's prediction (a number, no probabilities): joined to an error, not a hit.
     regression: bool = False
+    # The chance it is right, estimated from its probabilities (CBPE); None without one.
+    expected: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,7 @@ class Outcome:
     event_time: int
     positive: str | None
     regression: bool = False
+    expected: float | None = None
 
     @property
     def correct(self) -> bool:
@@ -323,6 +326,7 @@ class LabelJoin:
             event_time=prediction.event_time,
             positive=prediction.positive,
             regression=prediction.regression,
+            expected=prediction.expected,
         )
 
     def _settle(self, event_id: str, state: int) -> None:

@@ -9,18 +9,34 @@ checkpointed and handed over on their own.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import msgspec
 
-from workers.core.alerts import Alert, AlertRules, ErrorAlerts, FeatureAlerts, VersionAlerts
+from workers.core.alerts import (
+    PREDICTION_DRIFT,
+    Alert,
+    AlertRules,
+    ErrorAlerts,
+    FeatureAlerts,
+    VersionAlerts,
+    estimate_alert,
+)
+from workers.core.calibrated_drift import ReferenceDrift, UnivariateDrift
 from workers.core.drift import (
     DEFAULT_DETECTOR,
     DEFAULT_ERROR_DETECTOR,
     ConceptDrift,
     ErrorDrift,
     FeatureDrift,
+)
+from workers.core.estimation import (
+    Calibration,
+    EstimateCheck,
+    EstimatedPerformance,
+    expected,
 )
 from workers.core.events import EpochMillis, EventId
 from workers.core.kind_drift import KindDrift
@@ -76,6 +92,10 @@ class MonitorConfig:
     # to be the timestamp: one event stamped in microseconds, or in 2100, must not move the
     # join's clock (and everything's expiry) into the future.
     max_time_ahead_ms: int = 3_600_000
+    # Data and prediction drift: events in the window of means, missing rates and category
+    # frequencies, and in that of numeric distributions and the multivariate check.
+    feature_window: int = 200
+    shape_window: int = 500
 
     @property
     def pending_per_partition(self) -> int:
@@ -96,6 +116,42 @@ class RegressorState:
     alerts: ErrorAlerts
 
 
+@dataclass(frozen=True, slots=True)
+class VersionReference:
+    """What a version's predictions are compared with, from its drift reference."""
+
+    calibration: Calibration | None
+    score_kind: str | None  # positive_probability, predicted_value or predicted_class
+    scores: Sequence[Any] | None
+
+
+class ReferenceLookup:
+    """Finds a model version's reference. This one knows none: it is what a checkpoint
+    restores (a lookup reads the model folder, which is no state), until the worker hands
+    its live one back."""
+
+    def find(self, model_name: str, model_version: int) -> VersionReference | None:  # noqa: ARG002
+        return None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ReferenceLookup, ())
+
+
+@dataclass(slots=True)
+class PredictionChecks:
+    """A version's checks on its predictions alone, before any label: the drift of its scores
+    against its scores on the reference, and its accuracy estimated from probabilities."""
+
+    drift: UnivariateDrift | None
+    score_kind: str | None
+    alerts: FeatureAlerts
+    calibration: Calibration | None
+    estimate: EstimatedPerformance
+    # Realized beside estimated accuracy over the same joined outcomes.
+    check: EstimateCheck
+    seen: int = 0
+
+
 @dataclass(slots=True)
 class MonitorState:
     config: MonitorConfig
@@ -104,11 +160,14 @@ class MonitorState:
     regressors: dict[tuple[str, int], RegressorState] = field(default_factory=dict)
     invalid_predictions: int = 0
     invalid_labels: int = 0
-    feature_drift: FeatureDrift | KindDrift | None = None
+    feature_drift: FeatureDrift | KindDrift | ReferenceDrift | None = None
     feature_alerts: FeatureAlerts | None = None
     alerts_raised: dict[str, int] = field(default_factory=dict)
     times_clamped: int = 0
     forward_replays: int = 0
+    references: ReferenceLookup = field(default_factory=ReferenceLookup)
+    # None: a version without a reference (looked up once).
+    prediction_checks: dict[tuple[str, int], PredictionChecks | None] = field(default_factory=dict)
 
     def join_for(self, partition: int) -> LabelJoin:
         join = self.joins.get(partition)
@@ -147,15 +206,79 @@ class MonitorState:
             # for classes [9, 10] that would be "9".
             _, positive = p.probabilities
         event_time = self._bounded(p.event_time, timestamp_ms)
+        alerts: list[Alert] = []
+        chance = None
+        checks = self._checks_for(p.model_name, p.model_version)
+        if checks is not None:
+            chance = self._on_checked_prediction(checks, p, now_ms, alerts)
         # A regressor's prediction: a fractional number (a float, as infer writes every
         # regressor's value, 3.0 included) and no class probabilities. A classifier's class is
         # a string, an integer or a boolean.
         regression = p.probabilities is None and type(p.label) is float
         pending = PendingPrediction(
-            p.model_name, p.model_version, p.label, event_time, positive, regression
+            p.model_name, p.model_version, p.label, event_time, positive, regression, chance
         )
         outcome = self.join_for(partition).add_prediction(p.event_id, pending)
-        return [] if outcome is None else self._on_outcome(outcome, now_ms)
+        if outcome is not None:
+            alerts += self._on_outcome(outcome, now_ms)
+        return alerts
+
+    def _checks_for(self, model_name: str, model_version: int) -> PredictionChecks | None:
+        key = (model_name, model_version)
+        if key in self.prediction_checks:
+            return self.prediction_checks[key]
+        reference = self.references.find(model_name, model_version)
+        checks = None
+        if reference is not None:
+            c = self.config
+            drift = None
+            if reference.scores is not None and reference.score_kind is not None:
+                numeric = reference.score_kind != "predicted_class"
+                drift = UnivariateDrift(
+                    ["prediction"], [numeric], [reference.scores],
+                    window=c.feature_window, shape_window=c.shape_window,
+                )  # fmt: skip
+            checks = PredictionChecks(
+                drift, reference.score_kind, FeatureAlerts(model_name, model_version),
+                reference.calibration, EstimatedPerformance(c.window), EstimateCheck(c.window),
+            )  # fmt: skip
+        self.prediction_checks[key] = checks
+        return checks
+
+    def _on_checked_prediction(
+        self, checks: PredictionChecks, p: PredictionIn, now_ms: int, alerts: list[Alert]
+    ) -> float | None:
+        """Prediction drift and the estimate; the prediction's chance of being right."""
+        key = (p.model_name, p.model_version)
+        rules = self.config.rules
+        if checks.drift is not None:
+            checks.seen += 1
+            found = checks.drift.update((_score(checks.score_kind, p),))
+            if found:
+                alerts += checks.alerts.on_moved(
+                    rules, found, checks.seen, self._joined(key), now_ms,
+                    detector=PREDICTION_DRIFT,
+                )  # fmt: skip
+        if checks.calibration is None or p.probabilities is None:
+            return None
+        chance = expected(checks.calibration, list(p.probabilities.values()))
+        if chance is None:
+            return None
+        checks.estimate.add(chance)
+        alert = estimate_alert(
+            checks.estimate, rules, model_name=p.model_name, model_version=p.model_version,
+            joined=self._joined(key), now_ms=now_ms,
+        )  # fmt: skip
+        if alert is not None:
+            alerts.append(alert)
+        return chance.correct
+
+    def _joined(self, key: tuple[str, int]) -> int:
+        state = self.versions.get(key)
+        if state is not None:
+            return state.performance.joined
+        regressor = self.regressors.get(key)
+        return 0 if regressor is None else regressor.errors.joined
 
     def label_key(self, value: bytes | None) -> bytes | None:
         """The event_id a label is re-keyed by, or None for a label that is no Label (counted
@@ -253,6 +376,10 @@ class MonitorState:
             )
         performance = state.performance
         performance.add(outcome)
+        if outcome.expected is not None:
+            checks = self.prediction_checks.get(key)
+            if checks is not None:
+                checks.check.add(outcome.expected, outcome.correct)
         drifted = state.drift.update(correct=outcome.correct)
         if not state.alerts.may_fire(
             self.config.rules,
@@ -272,6 +399,7 @@ class MonitorState:
         return alerts
 
     def on_features(self, row: tuple[Any, ...], now_ms: int) -> list[Alert]:
+        """A FeatureEvent's features (manifest order) through the data-drift checks."""
         if self.feature_drift is None or self.feature_alerts is None:
             return []
         moved = self.feature_drift.update(row)
@@ -287,7 +415,11 @@ class MonitorState:
             if name == self.feature_alerts.model_name
         )
         alerts = self.feature_alerts.on_moved(
-            self.config.rules, moved, self.feature_drift.seen, joined, now_ms
+            self.config.rules,
+            moved,
+            self.feature_drift.seen,
+            joined,
+            now_ms,
         )
         self._count(alerts)
         return alerts
@@ -311,7 +443,7 @@ class MonitorState:
         return result
 
     def metrics(self) -> dict[str, dict[str, Any]]:
-        out = {}
+        out: dict[str, dict[str, Any]] = {}
         for (name, version), state in sorted(self.versions.items()):
             snap = state.performance.snapshot()
             out[f"{name}/v{version}"] = {
@@ -340,4 +472,30 @@ class MonitorState:
                 # The version's first `window` outcomes: what alerts call baseline_mae.
                 "baseline_mae": errors.reference_mae,
             }
+        for (name, version), checks in sorted(self.prediction_checks.items()):
+            if checks is None or not checks.estimate.size:
+                continue
+            entry = out.setdefault(f"{name}/v{version}", {"joined": 0})
+            entry["estimated_accuracy"] = checks.estimate.accuracy()
+            entry["estimated_f1"] = checks.estimate.f1()
+            entry["estimated_window_size"] = checks.estimate.size
+            both = checks.check.snapshot()
+            if both is not None:
+                # Over the same joined outcomes: what was estimated, what came true.
+                entry["estimated_accuracy_joined"], entry["realized_accuracy_joined"] = both
+                entry["estimation_gap"] = both[1] - both[0]
         return out
+
+
+def _score(kind: str | None, p: PredictionIn) -> Any:  # noqa: ANN401 - a number or a class
+    """What prediction drift follows: the positive class's probability, a regressor's value,
+    or the predicted class."""
+    if kind == "positive_probability":
+        values = list(p.probabilities.values()) if p.probabilities is not None else []
+        return values[1] if len(values) == 2 else None
+    if kind == "predicted_value":
+        label = p.label
+        return (
+            float(label) if isinstance(label, int | float) and not isinstance(label, bool) else None
+        )
+    return p.label
