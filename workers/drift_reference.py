@@ -19,14 +19,26 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
+import structlog
 
 from workers.core.estimation import Calibration
-from workers.model_store import sha256_hex
+from workers.core.monitor import ReferenceLookup, VersionReference
+from workers.model_store import (
+    MANIFEST,
+    NO_KEYS,
+    ModelError,
+    parse_manifest,
+    sha256_hex,
+    verify_signature,
+)
+from workers.signing import Verifier
 
 REFERENCE_FILE: Final = "reference.npz"
 # About two weeks of a stream of one event a minute: its daily and weekly cycles.
 REFERENCE_ROWS: Final = 20_000
 SCORE_KINDS: Final = ("positive_probability", "predicted_value", "predicted_class")
+
+log = structlog.get_logger("scorestream.monitor")
 
 
 class DriftReferenceError(Exception):
@@ -156,3 +168,34 @@ def load(version_dir: Path, manifest: Mapping[str, Any]) -> DriftReference | Non
 def tail(rows: int) -> slice:
     """The rows a reference keeps of a table of `rows`: the last REFERENCE_ROWS, in order."""
     return slice(max(0, rows - REFERENCE_ROWS), rows)
+
+
+class ModelReferences(ReferenceLookup):
+    """The references of a model folder's versions, read when a version is first seen: its
+    manifest (signature checked when a key is configured) and reference file (sha256)."""
+
+    def __init__(self, model_dir: Path, model_name: str, verifier: Verifier = NO_KEYS) -> None:
+        self.model_dir, self.model_name, self.verifier = model_dir, model_name, verifier
+
+    def find(self, model_name: str, model_version: int) -> VersionReference | None:
+        if model_name != self.model_name:
+            return None
+        version_dir = self.model_dir / str(model_version)
+        try:
+            manifest_bytes = (version_dir / MANIFEST).read_bytes()
+            verify_signature(version_dir, manifest_bytes, self.verifier)
+            manifest = parse_manifest(manifest_bytes, version_dir)
+            reference = load(version_dir, manifest.raw)
+        except (OSError, ModelError, DriftReferenceError, ValueError) as exc:
+            # Its labels still count; only the checks before them are off for this version.
+            log.warning("reference_unavailable", model=model_name, version=model_version,
+                        reason=str(exc))  # fmt: skip
+            return None
+        if reference is None:
+            log.info("reference_absent", model=model_name, version=model_version,
+                     hint="register it with --training-data to check its predictions")  # fmt: skip
+            return None
+        log.info("reference_loaded", model=model_name, version=model_version,
+                 rows=reference.rows, scores=reference.score_kind,
+                 calibrated=reference.calibration is not None)  # fmt: skip
+        return VersionReference(reference.calibration, reference.score_kind, reference.scores)

@@ -81,6 +81,10 @@ class MetricsSnapshot:
     # Regressors: (model, version) -> rolling MAE and RMSE.
     mae: Mapping[tuple[str, str], float] = field(default_factory=dict)
     rmse: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    # Classifiers with a calibrated reference: accuracy estimated from probabilities (CBPE)
+    # and, over the same joined outcomes, realized minus estimated.
+    estimated_accuracy: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    estimation_gap: Mapping[tuple[str, str], float] = field(default_factory=dict)
 
 
 # Join counters that only grow; the others in `MonitorState.counters()` are levels.
@@ -141,15 +145,16 @@ class SnapshotCollector(Collector):
         for (model, version), share in sorted(snap.accuracy.items()):
             accuracy.add_metric([model, version], share)
         yield accuracy
+        per_window = "over the last --window joined outcomes, per regressor version"
         for name, values, text in (
-            ("scorestream_rolling_mae", snap.mae, "Mean absolute error"),
-            ("scorestream_rolling_rmse", snap.rmse, "Root mean squared error"),
-        ):
-            gauge = GaugeMetricFamily(
-                name,
-                f"{text} over the last --window joined outcomes, per regressor version",
-                labels=["model", "version"],
-            )
+            ("scorestream_rolling_mae", snap.mae, f"Mean absolute error {per_window}"),
+            ("scorestream_rolling_rmse", snap.rmse, f"Root mean squared error {per_window}"),
+            ("scorestream_estimated_accuracy", snap.estimated_accuracy,
+             "Accuracy estimated from probabilities alone (CBPE), last --window predictions"),
+            ("scorestream_estimation_gap", snap.estimation_gap,
+             "Realized minus estimated accuracy over the same last --window joined outcomes"),
+        ):  # fmt: skip
+            gauge = GaugeMetricFamily(name, text, labels=["model", "version"])
             for (model, version), error in sorted(values.items()):
                 gauge.add_metric([model, version], error)
             yield gauge

@@ -35,8 +35,11 @@ def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN4
         "monitor",
         help="join labels to predictions, track accuracy and drift, raise alerts",
         description="Join the ground-truth labels (which may come before or after) to the "
-        "predictions, keep rolling accuracy per model version, detect concept drift on the "
-        "outcome stream and, with --features-topic and --model, data drift on the features. "
+        "predictions, keep rolling accuracy per model version and detect concept drift on the "
+        "outcome stream. With --model, each version registered with data is also checked "
+        "before its labels come: the drift of its predictions and its accuracy estimated from "
+        "its probabilities (CBPE); with --features-topic too, data drift on the features, with "
+        "thresholds calibrated on the version's reference in its original order. "
         "Alerts are JSON log lines (field `event` = the alert name) and records on "
         "--alerts-topic. State and offsets are checkpointed together in --state-dir, so a "
         "restart loses nothing and counts nothing twice.",
@@ -62,14 +65,15 @@ def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN4
         monitor,
         "--features-topic",
         environ=environ,
-        help="FeatureEvents to check for data drift (needs --model)",
+        help="FeatureEvents to check for data drift against --model's newest version",
     )
     add_option(
         monitor,
         "--model",
         environ=environ,
         type=Path,
-        help="model folder whose training summary the features are compared with",
+        help="model folder: its versions' references (the data they were registered with) "
+        "for prediction drift, estimated accuracy and, with --features-topic, data drift",
     )
     add_model_verify_option(monitor, environ, action="read")
     add_option(
@@ -146,7 +150,18 @@ def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN4
         environ=environ,
         type=positive_int,
         default=200,
-        help="recent feature events compared with the training distribution",
+        help="events in the window of data and prediction drift's means, spreads, missing "
+        "rates and category frequencies (thresholds are calibrated on the reference cut into "
+        "windows of this size)",
+    )
+    add_option(
+        monitor,
+        "--shape-window",
+        environ=environ,
+        type=positive_int,
+        default=500,
+        help="events in the window of numeric distributions (Jensen-Shannon on reference "
+        "quantile bins) and of the multivariate PCA reconstruction check",
     )
     add_option(
         monitor,
@@ -154,7 +169,8 @@ def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN4
         environ=environ,
         type=float,
         default=5.0,
-        help="|z| of a feature's mean shift that counts as drift",
+        help="versions registered without a reference (before drift references existed): "
+        "|z| of a feature's mean shift against the training summary that counts as drift",
     )
     add_option(
         monitor,
@@ -262,11 +278,14 @@ def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN4
 
 
 def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    if (args.features_topic is None) != (args.model is None):
-        raise SettingsError("--features-topic and --model go together (data drift needs both)")
+    if args.features_topic is not None and args.model is None:
+        raise SettingsError(
+            "--features-topic needs --model: the features are compared with the data its "
+            "newest version was registered with"
+        )
     manifest = None
+    verifier = load_verifier(args.model_verify_key, environ)
     if args.model is not None:
-        verifier = load_verifier(args.model_verify_key, environ)
         manifest = load_newest_good(args.model, None, verifier).manifest
     config = MonitorConfig(
         window=args.window,
@@ -284,6 +303,8 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             recover_margin=args.recover_margin,
             drift_cooldown=args.drift_cooldown,
         ),
+        feature_window=args.feature_window,
+        shape_window=args.shape_window,
     )
     settings = MonitorSettings(
         bootstrap_servers=args.bootstrap_servers,
@@ -296,7 +317,10 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         config=config,
         features_topic=args.features_topic,
         manifest=manifest,
+        model_dir=args.model,
+        verifier=verifier,
         feature_window=args.feature_window,
+        shape_window=args.shape_window,
         feature_z_threshold=args.feature_z_threshold,
         checkpoint_interval_s=args.checkpoint_interval_s,
         log_interval_s=args.log_interval_s,

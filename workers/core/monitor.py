@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import msgspec
+import numpy as np
+import numpy.typing as npt
 
 from workers.core.alerts import (
     PREDICTION_DRIFT,
@@ -122,7 +124,7 @@ class VersionReference:
 
     calibration: Calibration | None
     score_kind: str | None  # positive_probability, predicted_value or predicted_class
-    scores: Sequence[Any] | None
+    scores: Sequence[Any] | npt.NDArray[np.float64] | None
 
 
 class ReferenceLookup:

@@ -24,10 +24,13 @@ from confluent_kafka import (
 
 from workers.checkpoint import CheckpointStore
 from workers.core.alerts import Alert, FeatureAlerts, redacted
+from workers.core.calibrated_drift import ReferenceDrift
 from workers.core.drift import FeatureDrift
 from workers.core.events import EventDecoder, InvalidEvent
 from workers.core.kind_drift import KindDrift
-from workers.core.monitor import MonitorConfig, MonitorState
+from workers.core.monitor import MonitorConfig, MonitorState, ReferenceLookup
+from workers.drift_reference import DriftReferenceError, ModelReferences
+from workers.drift_reference import load as load_reference
 from workers.kafka_io.admin import create_topics, list_topics
 from workers.kafka_io.clients import (
     TXN_CALL_LIMIT_S,
@@ -41,8 +44,9 @@ from workers.kafka_io.clients import (
     redact,
 )
 from workers.metrics import REFRESH_INTERVAL_S, MetricsServer, MetricsSnapshot, MonitorMetrics
-from workers.model_store import Manifest
+from workers.model_store import NO_KEYS, Manifest
 from workers.process_tuning import tune_process
+from workers.signing import Verifier
 
 log = structlog.get_logger("scorestream.monitor")
 
@@ -115,7 +119,11 @@ class MonitorSettings:
     config: MonitorConfig
     features_topic: str | None = None
     manifest: Manifest | None = None
+    # The folder of `manifest`'s model: each version's drift reference and calibration.
+    model_dir: Path | None = None
+    verifier: Verifier = NO_KEYS
     feature_window: int = 200
+    shape_window: int = 500
     feature_z_threshold: float = 5.0
     batch_size: int = 1000
     checkpoint_interval_s: float = 5.0
@@ -187,6 +195,10 @@ class MonitorWorker:
         # What the state file is for; another monitor sharing it must have the same.
         self.store_identity = identity
         self.store = CheckpointStore(s.state_dir / "monitor.sqlite", identity, s.instance_id)
+        self.references = (
+            ReferenceLookup() if s.model_dir is None or s.manifest is None
+            else ModelReferences(s.model_dir, s.manifest.name, s.verifier)
+        )  # fmt: skip
         self.state: MonitorState = self._stored_state(s.config)
         self.feature_decoder: EventDecoder | None = None
         if s.features_topic and s.manifest is not None:
@@ -335,6 +347,8 @@ class MonitorWorker:
             log.warning("init_transactions_failed", reason=exc.args[0].str())
 
     def _init_feature_drift(self, manifest: Manifest) -> None:
+        if self._init_reference_drift(manifest):
+            return
         summary = manifest.raw.get("feature_summary") or {}
         missing = [f for f in manifest.features if f not in summary]
         if missing:
@@ -370,6 +384,40 @@ class MonitorWorker:
                     z_threshold=self.settings.feature_z_threshold,
                 )
             self.state.feature_alerts = FeatureAlerts(manifest.name, manifest.version)
+
+    def _init_reference_drift(self, manifest: Manifest) -> bool:
+        """Checks calibrated on the version's reference, when it has one; a checkpointed set
+        is kept if it was calibrated on the same reference with the same windows."""
+        s = self.settings
+        if s.model_dir is None:
+            return False
+        try:
+            reference = load_reference(s.model_dir / str(manifest.version), manifest.raw)
+        except DriftReferenceError as exc:
+            raise MonitorStartupError(str(exc)) from exc
+        if reference is None:
+            return False
+        self.feature_decoder = EventDecoder(manifest.specs)
+        sha256 = str(manifest.raw["reference"]["sha256"])
+        windows = (s.feature_window, s.shape_window, s.shape_window)
+        drift = self.state.feature_drift
+        if not (
+            isinstance(drift, ReferenceDrift)
+            and drift.sha256 == sha256
+            and drift.windows == windows
+        ):
+            drift = self.state.feature_drift = ReferenceDrift(
+                reference.features, reference.numeric, reference.columns, window=s.feature_window,
+                shape_window=s.shape_window, multivariate_window=s.shape_window, sha256=sha256,
+            )  # fmt: skip
+            self.state.feature_alerts = FeatureAlerts(manifest.name, manifest.version)
+        log.info(
+            "data_drift_checks", model=manifest.name, version=manifest.version,
+            reference_rows=reference.rows, window=s.feature_window, shape_window=s.shape_window,
+            multivariate=list(drift.multivariate.names) if drift.multivariate.enabled else [],
+            features=drift.univariate.describe(),
+        )  # fmt: skip
+        return True
 
     # -- assignment: resume each partition from its checkpoint ------------------------------
 
@@ -425,8 +473,10 @@ class MonitorWorker:
             for f in dataclasses.fields(MonitorState):
                 if not hasattr(restored, f.name):
                     setattr(restored, f.name, getattr(fresh, f.name))
-            return dataclasses.replace(restored, config=config, joins={})
-        return MonitorState(config)
+            return dataclasses.replace(
+                restored, config=config, joins={}, references=self.references
+            )
+        return MonitorState(config, references=self.references)
 
     def _restore(self, topic: str, partition: int) -> int | None:
         """A partition's checkpointed offset (None: none stored) and, for a joined topic, its
@@ -736,11 +786,14 @@ class MonitorWorker:
         accuracy: dict[tuple[str, str], float] = {}
         mae: dict[tuple[str, str], float] = {}
         rmse: dict[tuple[str, str], float] = {}
+        estimated: dict[tuple[str, str], float] = {}
+        gap: dict[tuple[str, str], float] = {}
         for key, values in versions.items():
             model, version = key.rsplit("/v", 1)
             joined[(model, version)] = values["joined"]
             for gauge, field_name in ((accuracy, "window_accuracy"), (mae, "window_mae"),
-                                      (rmse, "window_rmse")):  # fmt: skip
+                                      (rmse, "window_rmse"), (estimated, "estimated_accuracy"),
+                                      (gap, "estimation_gap")):  # fmt: skip
                 if values.get(field_name) is not None:
                     gauge[(model, version)] = values[field_name]
         self.metrics.snapshot.snapshot = MetricsSnapshot(
@@ -750,6 +803,8 @@ class MonitorWorker:
             version_joined=joined,
             mae=mae,
             rmse=rmse,
+            estimated_accuracy=estimated,
+            estimation_gap=gap,
         )
         return counters, versions
 
