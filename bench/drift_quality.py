@@ -11,10 +11,24 @@ function changes, the features do not) as a negative control that must stay sile
 Regressors (issue 15): absolute errors whose scale rises 1.5x at t=5000 (normal errors; Laplace
 errors, heavier-tailed, shown beside), each river detector on |error| beside the default CUSUM.
 
+Data drift on real-shaped streams (issue 16; workers/example_data/streams.py: one event a
+minute, daily and weekly cycles, categories, gaps, constant columns), 30 seeds each, the
+default checks calibrated on a 20,000-event reference beside NannyML's univariate and
+reconstruction drift and Evidently's default column tests on tumbling chunks of 500 events of
+the same streams (bench/drift_peers.py, run in the bench's own environment of peers, made on
+first use under ~/.cache/scorestream/bench-peers; --no-peers skips them): a stationary stream
+(false alarms per 10k events; constant columns must raise none), a 0.5 sigma mean shift, the
+variance doubled, a new category at 10%, a correlation flip with unchanged marginals, and CBPE
+under pure covariate shift (windows of 1,000 predictions).
+
 Targets (issue 4): default 30/30 detected, mean delay <= 300 (0.2->0.3) and <= 80 (0.2->0.4)
 samples, <= 0.1 false alarms per 10k samples, feature shift found within 200 samples, silent
 on SEA. Issue 15: regressor MAE x1.5 30/30 detected, mean delay <= 300, <= 0.1 false alarms
-per 10k.
+per 10k. Issue 16: concept drift within 1.2x the optimal CUSUM bound; data drift <= 0.1 false
+alarms per 10k on the cyclic stream, 0 on constant columns; mean shift found within 200
+events, variance x2 within 500, a new category within 500, a correlation flip within 1,000 by
+the multivariate check while the univariate ones stay silent; CBPE |estimated - realized|
+<= 0.03 in 95% of windows.
 """
 
 from __future__ import annotations
@@ -23,14 +37,19 @@ import argparse
 import itertools
 import json
 import math
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from river.datasets import synth
 
+from workers.core.calibrated_drift import ReferenceDrift
 from workers.core.drift import (
     DEFAULT_DETECTOR,
     DEFAULT_ERROR_DETECTOR,
@@ -40,7 +59,9 @@ from workers.core.drift import (
     ErrorDrift,
     FeatureDrift,
 )
+from workers.core.estimation import expected, fit_calibration
 from workers.core.feature_summary import summarize_features
+from workers.example_data.streams import CATEGORICAL, FEATURES, cyclic_stream, rows_of
 
 CHANGE_AT = 5000
 LENGTH = 10_000
@@ -184,12 +205,271 @@ def cusum_bound(p0: float, p1: float, false_alarms_per_10k: float) -> float:
     return (h + math.exp(-h) - 1) / kl(p1, p0)
 
 
+# -- data drift on real-shaped streams (issue 16) ------------------------------------------
+
+REFERENCE_ROWS = 20_000
+STATIONARY_ROWS = 20_000
+CHANGE_ROWS = 4000
+LIVE_CHANGE_AT = 2000
+COOLDOWN = 1000  # the monitor's --drift-cooldown: one alarm per episode
+MULTIVARIATE = "(all numeric features)"
+# What each change must be found by, and within how many events.
+DATA_TARGETS: dict[str, tuple[tuple[str, ...], int]] = {
+    "mean_shift": (("score",), 200),
+    "variance": (("score",), 500),
+    "new_category": (("channel",), 500),
+    "correlation_flip": ((MULTIVARIATE,), 1000),
+}
+CONSTANTS = ("region", "fee", "currency")
+NUMERIC = [f not in CATEGORICAL for f in FEATURES]
+
+
+@dataclass
+class DataResult:
+    scenario: str
+    detector: str
+    seeds: int
+    detected: int | None
+    mean_delay: float | None
+    max_delay: float | None
+    false_alarms_per_10k: float
+    constant_alarms: int
+    univariate_after_flip: int | None = None
+
+
+@dataclass
+class Run:
+    """One stream through one detector: alarms (event index, what fired) and their causes."""
+
+    alarms: list[int]
+    first_target: int | None
+    constant_hits: int
+    univariate_on_flip: int
+    events: int
+    change_at: int | None
+
+
+def our_run(scenario: str, seed: int) -> Run:
+    reference = cyclic_stream(REFERENCE_ROWS, seed)
+    columns = [np.asarray(reference[f], dtype=np.float64) if n else reference[f]
+               for f, n in zip(FEATURES, NUMERIC, strict=True)]  # fmt: skip
+    drift = ReferenceDrift(FEATURES, NUMERIC, columns)
+    change = None if scenario == "stationary" else scenario
+    rows = STATIONARY_ROWS if change is None else CHANGE_ROWS
+    live = cyclic_stream(rows, seed + 1000, start=REFERENCE_ROWS, change=change,
+                         change_at=REFERENCE_ROWS + LIVE_CHANGE_AT)  # fmt: skip
+    targets = DATA_TARGETS[scenario][0] if change else ()
+    alarms: list[int] = []
+    first, constants, flip_univariate = None, 0, 0
+    for t, row in enumerate(rows_of(live)):
+        found = drift.update(row)
+        if not found:
+            continue
+        constants += sum(f.check == "constant" for f in found)
+        if not alarms or t - alarms[-1] >= COOLDOWN:
+            alarms.append(t)
+        after = change is not None and t >= LIVE_CHANGE_AT
+        if after and first is None and any(f.feature in targets for f in found):
+            first = t - LIVE_CHANGE_AT
+        if change == "correlation_flip":
+            flip_univariate += sum(f.feature in {"x1", "x2"} for f in found)
+    return Run(alarms, first, constants, flip_univariate, rows,
+               None if change is None else LIVE_CHANGE_AT)  # fmt: skip
+
+
+def peer_runs(peers: dict[str, Any], scenario: str, tool: str) -> list[Run]:
+    """Chunk verdicts of a peer as Runs: an alarm at each flagged chunk's end."""
+    runs = []
+    change = None if scenario == "stationary" else scenario
+    targets = DATA_TARGETS[scenario][0] if change else ()
+    for record in peers["results"].get(scenario, []):
+        if tool not in record:
+            continue
+        flags = record[tool]
+        alarms, first, constants, flip = [], None, 0, 0
+        for end, flagged in zip(record["ends"], flags, strict=False):
+            names = ([MULTIVARIATE] if flagged else []) if isinstance(flagged, bool) else flagged
+            if not names:
+                continue
+            alarms.append(end - 1)
+            constants += sum(n in CONSTANTS for n in names)
+            after = change is not None and end > LIVE_CHANGE_AT
+            if after and first is None and any(n in targets for n in names):
+                first = end - LIVE_CHANGE_AT
+            flip += sum(n in {"x1", "x2"} for n in names) if after else 0
+        events = record["ends"][len(flags) - 1] if flags else 0
+        runs.append(Run(alarms, first, constants, flip, events,
+                        None if change is None else LIVE_CHANGE_AT))  # fmt: skip
+    return runs
+
+
+def summarise(scenario: str, detector: str, runs: list[Run]) -> DataResult:
+    false_alarms = sum(
+        sum(1 for a in r.alarms if r.change_at is None or a < r.change_at) for r in runs
+    )
+    quiet_events = sum(r.events if r.change_at is None else r.change_at for r in runs)
+    delays = [r.first_target for r in runs if r.first_target is not None]
+    changed = scenario != "stationary"
+    return DataResult(
+        scenario, detector, len(runs),
+        len(delays) if changed else None,
+        float(np.mean(delays)) if delays else None,
+        float(max(delays)) if delays else None,
+        false_alarms / quiet_events * 10_000 if quiet_events else 0.0,
+        sum(r.constant_hits for r in runs),
+        sum(r.univariate_on_flip for r in runs) if scenario == "correlation_flip" else None,
+    )  # fmt: skip
+
+
+def peers_environment() -> Path:
+    """The bench's own environment of peers (Evidently needs pandas < 3), made once."""
+    home = Path(os.environ.get("SCORESTREAM_BENCH_PEERS", Path.home() / ".cache" / "scorestream"
+                               / "bench-peers"))  # fmt: skip
+    python = home / "bin" / "python"
+    if not python.exists():
+        print(f"making the peers' environment in {home} (once; a few minutes)", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(home)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "nannyml==0.13.1",
+                        "evidently==0.7.23", "pandas<3"], check=True)  # fmt: skip
+    return python
+
+
+def start_peers(seeds: int, scenarios: list[str]) -> subprocess.Popen[str]:
+    python = peers_environment()
+    root = Path(__file__).resolve().parent.parent
+    # Their usage reporting would try the internet on every run.
+    env = {**os.environ, "PYTHONPATH": str(root), "NML_DISABLE_USAGE_LOGGING": "1",
+           "DO_NOT_TRACK": "1"}  # fmt: skip
+    return subprocess.Popen(
+        [str(python), str(root / "bench" / "drift_peers.py"), "--seeds", str(seeds),
+         "--scenarios", ",".join(scenarios), "--stationary-rows", str(STATIONARY_ROWS),
+         "--change-rows", str(CHANGE_ROWS), "--change-at", str(LIVE_CHANGE_AT)],
+        stdout=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+
+
+def data_drift(seeds: int, peers: dict[str, Any] | None) -> list[DataResult]:
+    results = []
+    for scenario in ("stationary", *DATA_TARGETS):
+        results.append(summarise(scenario, "scorestream", [our_run(scenario, s)
+                                                            for s in range(seeds)]))  # fmt: skip
+        if peers is None:
+            continue
+        for tool in ("nannyml_univariate", "nannyml_reconstruction", "evidently"):
+            runs = peer_runs(peers, scenario, tool)
+            if runs:
+                results.append(summarise(scenario, tool, runs))
+    return results
+
+
+@dataclass
+class CbpeResult:
+    windows: int
+    within: int
+    mean_abs_error: float
+    raw_mean_abs_error: float
+    accuracy_before: float
+    accuracy_after: float
+
+
+def cbpe(seeds: int, window: int = 1000) -> CbpeResult:
+    """A logistic regression on x1, score and amount; calibrated on a held-out quarter of the
+    reference; live under covariate shift (x1 + 0.8, score - 0.5, the relation unchanged)."""
+    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
+
+    def design(columns: dict[str, Any]) -> np.ndarray:
+        amount = np.nan_to_num(np.asarray(columns["amount"], dtype=np.float64), nan=20.0)
+        return np.stack([columns["x1"], columns["score"], amount], axis=1)
+
+    errors: list[float] = []
+    raw_errors: list[float] = []
+    before: list[float] = []
+    after: list[float] = []
+    for seed in range(seeds):
+        reference = cyclic_stream(REFERENCE_ROWS, seed)
+        x, y = design(reference), np.asarray(reference["label"])
+        fit = REFERENCE_ROWS * 3 // 4
+        model = LogisticRegression().fit(x[:fit], y[:fit])
+        calibration = fit_calibration(model.predict_proba(x[fit:]), y[fit:].tolist())
+        assert calibration is not None
+        live = cyclic_stream(STATIONARY_ROWS, seed + 1000, start=REFERENCE_ROWS,
+                             change="covariate_shift",
+                             change_at=REFERENCE_ROWS + LIVE_CHANGE_AT)  # fmt: skip
+        proba = model.predict_proba(design(live))
+        truth = np.asarray(live["label"])
+        right = proba.argmax(axis=1) == truth
+        chance = np.array([e.correct for p in proba.tolist()
+                           if (e := expected(calibration, p)) is not None])  # fmt: skip
+        for start in range(0, STATIONARY_ROWS - window + 1, window):
+            part = slice(start, start + window)
+            realized = float(right[part].mean())
+            errors.append(abs(float(chance[part].mean()) - realized))
+            raw_errors.append(abs(float(proba[part].max(axis=1).mean()) - realized))
+            (before if start + window <= LIVE_CHANGE_AT else after).append(realized)
+    return CbpeResult(
+        len(errors), sum(e <= 0.03 for e in errors), float(np.mean(errors)),
+        float(np.mean(raw_errors)), float(np.mean(before)), float(np.mean(after)),
+    )  # fmt: skip
+
+
+def print_data_drift(results: list[DataResult], cbpe_result: CbpeResult) -> None:
+    print(f"\n{'data drift scenario':22} {'detector':24} {'found':>7} {'mean delay':>11} "
+          f"{'max delay':>10} {'FA/10k':>8} {'on constants':>13}")  # fmt: skip
+    for r in results:
+        found = "-" if r.detected is None else f"{r.detected}/{r.seeds}"
+        mean = "-" if r.mean_delay is None else f"{r.mean_delay:.0f}"
+        most = "-" if r.max_delay is None else f"{r.max_delay:.0f}"
+        print(f"{r.scenario:22} {r.detector:24} {found:>7} {mean:>11} {most:>10} "
+              f"{r.false_alarms_per_10k:>8.3f} {r.constant_alarms:>13}")  # fmt: skip
+    flip = [r for r in results if r.scenario == "correlation_flip"]
+    for r in flip:
+        print(f"correlation flip, univariate alarms on x1/x2 after the change ({r.detector}): "
+              f"{r.univariate_after_flip}")  # fmt: skip
+    c = cbpe_result
+    print(f"CBPE under covariate shift: |estimated - realized| <= 0.03 in {c.within}/{c.windows} "
+          f"windows of 1,000 ({c.within / c.windows:.1%}); mean |error| {c.mean_abs_error:.4f} "
+          f"(uncalibrated confidence: {c.raw_mean_abs_error:.4f}); accuracy {c.accuracy_before:.3f}"
+          f" before the shift, {c.accuracy_after:.3f} after")  # fmt: skip
+
+
+def data_checks(results: list[DataResult], cbpe_result: CbpeResult) -> dict[str, bool]:
+    ours = {r.scenario: r for r in results if r.detector == "scorestream"}
+
+    def within(scenario: str) -> bool:
+        r = ours[scenario]
+        limit = DATA_TARGETS[scenario][1]
+        return r.detected == r.seeds and r.max_delay is not None and r.max_delay <= limit
+
+    return {
+        "data drift: <= 0.1 false alarms / 10k on the cyclic stream": max(
+            r.false_alarms_per_10k for r in ours.values()) <= 0.1,
+        "data drift: 0 alarms on constant columns": all(
+            r.constant_alarms == 0 for r in ours.values()),
+        "data drift: 0.5 sigma mean shift found within 200 (every seed)": within("mean_shift"),
+        "data drift: variance x2 found within 500 (every seed)": within("variance"),
+        "data drift: new category at 10% found within 500 (every seed)": within("new_category"),
+        "data drift: correlation flip found within 1,000 (every seed)": within(
+            "correlation_flip"),
+        "data drift: correlation flip: univariate silent": ours[
+            "correlation_flip"].univariate_after_flip == 0,
+        "CBPE: |estimated - realized| <= 0.03 in 95% of windows": cbpe_result.within
+        >= 0.95 * cbpe_result.windows,
+    }  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path("bench/results/drift_quality.json"))
+    parser.add_argument(
+        "--no-peers", action="store_true",
+        help="skip NannyML and Evidently (no environment of peers is made)",
+    )  # fmt: skip
     args = parser.parse_args()
     started = time.monotonic()
+    # The peers run beside our own measurements (two cores): started first, read last.
+    scenarios = ["stationary", *DATA_TARGETS]
+    peers_process = None if args.no_peers else start_peers(args.seeds, scenarios)
     results = concept(DEFAULT_DETECTOR, args.seeds) + concept("adwin", args.seeds)
     results += [feature_shift(args.seeds), sea_negative_control(args.seeds)]
     for detector in ERROR_DETECTORS:
@@ -241,13 +521,31 @@ def main() -> int:
         ].false_alarms_per_10k
         == 0,
     }
-    for name, ok in checks.items():
-        print(f"{'PASS' if ok else 'MISS'}  {name}")
     for p1 in (0.3, 0.4):
+        bound = cusum_bound(0.2, p1, 0.1)
+        measured = by[(f"error 0.2->{p1}", d)].mean_delay or 1e9
         print(
             f"lower bound on the mean delay for 0.2->{p1} at 0.1 false alarms/10k (optimal "
-            f"CUSUM that knows both rates): {cusum_bound(0.2, p1, 0.1):.0f} samples"
+            f"CUSUM that knows both rates): {bound:.0f} samples; measured {measured:.0f} = "
+            f"{measured / bound:.2f}x"
         )
+        checks[f"concept drift 0.2->{p1} within 1.2x the optimal bound"] = measured <= 1.2 * bound
+    cbpe_result = cbpe(args.seeds)
+    peers = None
+    if peers_process is not None:
+        output, _ = peers_process.communicate()
+        if peers_process.returncode == 0:
+            peers = json.loads(output)
+            print(f"peers: nannyml {peers['versions']['nannyml']}, evidently "
+                  f"{peers['versions']['evidently']}, chunks of {peers['chunk']} events, "
+                  f"{peers['seconds']:.0f} s")  # fmt: skip
+        else:
+            print(f"peers failed (exit {peers_process.returncode}); their rows are missing")
+    data_results = data_drift(args.seeds, peers)
+    print_data_drift(data_results, cbpe_result)
+    checks.update(data_checks(data_results, cbpe_result))
+    for name, ok in checks.items():
+        print(f"{'PASS' if ok else 'MISS'}  {name}")
     ratio_03 = by[("error 0.2->0.3", "adwin")].mean_delay, by[("error 0.2->0.3", d)].mean_delay
     if ratio_03[0] and ratio_03[1]:
         print(f"ADWIN defaults take {ratio_03[0] / ratio_03[1]:.2f}x as long on 0.2->0.3")
@@ -256,6 +554,11 @@ def main() -> int:
         json.dumps(
             {
                 "results": [asdict(r) for r in results],
+                "data_drift": [asdict(r) for r in data_results],
+                "cbpe": asdict(cbpe_result),
+                "peers": None
+                if peers is None
+                else {k: peers[k] for k in ("versions", "chunk", "seconds")},
                 "checks": checks,
                 "seconds": round(time.monotonic() - started, 1),
             },

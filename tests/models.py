@@ -18,8 +18,14 @@ def table(rows: int = 1500, seed: int = 7) -> pd.DataFrame:
     return customers(rows, seed)
 
 
-def churn_pipeline(
-    frame: pd.DataFrame, *, handle_unknown: str = "ignore", sparse: bool = True
+def churn_pipeline(  # noqa: PLR0913 - the columns are a stream's or the churn table's
+    frame: pd.DataFrame,
+    *,
+    handle_unknown: str = "ignore",
+    sparse: bool = True,
+    numeric: list[str] = NUMERIC,
+    categorical: list[str] = CATEGORICAL,
+    target: str = "churned",
 ) -> Any:
     """ColumnTransformer(imputed+scaled numbers, imputed+one-hot strings) -> LogisticRegression."""
     from sklearn.compose import ColumnTransformer
@@ -30,16 +36,16 @@ def churn_pipeline(
 
     prepare = ColumnTransformer(
         [
-            ("numbers", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), NUMERIC),
+            ("numbers", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numeric),
             ("categories", make_pipeline(
                 SimpleImputer(strategy="most_frequent"),
                 OneHotEncoder(handle_unknown=handle_unknown),
-            ), CATEGORICAL),
+            ), categorical),
         ],
         sparse_threshold=1.0 if sparse else 0.0,  # 1.0: sparse whatever the density
     )  # fmt: skip
     model = Pipeline([("prepare", prepare), ("classify", LogisticRegression(max_iter=1000))])
-    return model.fit(frame[FEATURES], frame["churned"])
+    return model.fit(frame[numeric + categorical], frame[target])
 
 
 def spend_regressor(frame: pd.DataFrame) -> Any:

@@ -44,11 +44,16 @@ def test_drift_bench_runs_and_reports_every_check(tmp_path: Path) -> None:
     out = tmp_path / "drift.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "drift_quality.py"), "--seeds", "3",
-         "--out", str(out)],
+         "--out", str(out), "--no-peers"],
         capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
     )  # fmt: skip
     assert proc.returncode in (0, 1), proc.stderr[-3000:]  # 1: a target missed on 3 seeds
     result = json.loads(out.read_text())
-    assert len(result["checks"]) == 10
+    assert len(result["checks"]) == 20
     assert {r["detector"] for r in result["results"]} >= {"page_hinkley_pair", "adwin",
                                                           "error_cusum"}  # fmt: skip
+    scenarios = {r["scenario"] for r in result["data_drift"]}
+    assert scenarios == {"stationary", "mean_shift", "variance", "new_category",
+                         "correlation_flip"}  # fmt: skip
+    assert result["cbpe"]["windows"] == 3 * 20
+    assert result["peers"] is None

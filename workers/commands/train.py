@@ -273,19 +273,13 @@ def train_on(  # noqa: PLR0913
         classes = [class_label(c) for c in model.classes_]
         proba = model.predict_proba(x_test)
     metrics = _metrics(y_test, proba, classes)
-    # The held-out rows are the drift reference (these data sets have no time order), and the
-    # probabilities are calibrated on them for estimates before labels arrive.
+    # The probabilities are calibrated on the held-out rows (for estimates before labels);
+    # the drift reference is the whole data set, in its order, with the model's scores.
     position = {c: i for i, c in enumerate(classes)}
     calibration = fit_calibration(
         np.asarray(proba, dtype=np.float64), [position.get(class_label(y), -1) for y in y_test]
     )
-    binary = len(classes) == 2
-    reference = drift_reference.encode(
-        data.features, [True] * len(data.features), [x_test[:, j].tolist()
-                                                     for j in range(len(data.features))],
-        "positive_probability" if binary else "predicted_class",
-        [float(p[1]) for p in proba] if binary else [classes[int(np.argmax(p))] for p in proba],
-    )  # fmt: skip
+    reference = _reference(model, framework, data, classes)
 
     def write(folder: Path, version: int) -> None:
         artifact = folder / ARTIFACT
@@ -305,7 +299,7 @@ def train_on(  # noqa: PLR0913
             "versions": _library_versions(framework),
             "metrics": {**metrics, "train_rows": len(y_train), "test_rows": len(y_test)},
             "feature_summary": summarize_features(x_train, data.features),
-            "reference": drift_reference.manifest_entry(reference, len(y_test), calibration),
+            "reference": drift_reference.manifest_entry(reference, len(data.y), calibration),
             "seed": seed,
         }
         manifest_bytes = (json.dumps(manifest, indent=2) + "\n").encode()
@@ -314,6 +308,22 @@ def train_on(  # noqa: PLR0913
             (folder / SIGNATURE).write_text(signer.sign(manifest_bytes))
 
     return register(models_dir / name, write)
+
+
+def _reference(model: Any, framework: str, data: Dataset, classes: list[Any]) -> bytes:  # noqa: ANN401
+    """The data set as the drift reference, each row with the model's served score."""
+    if framework == "river":
+        proba = np.array([[model.predict_proba_one(dict(zip(data.features, row, strict=True)))
+                           .get(c, 0.0) for c in classes] for row in data.x.tolist()])  # fmt: skip
+    else:
+        proba = np.asarray(model.predict_proba(data.x), dtype=np.float64)
+    binary = len(classes) == 2
+    return drift_reference.encode(
+        data.features, [True] * len(data.features),
+        [data.x[:, j].tolist() for j in range(len(data.features))],
+        "positive_probability" if binary else "predicted_class",
+        proba[:, 1].tolist() if binary else [classes[int(j)] for j in proba.argmax(axis=1)],
+    )  # fmt: skip
 
 
 def _library_versions(framework: str) -> dict[str, str]:

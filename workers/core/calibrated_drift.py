@@ -87,8 +87,15 @@ class Threshold:
     windows: int
 
 
-def calibrate(reference_stats: Floats, null_mean: float, null_quantile: float) -> Threshold:
-    """A threshold from the statistic over the reference's windows (see the module doc)."""
+def calibrate(
+    reference_stats: Floats, null_mean: float, null_quantile: float, sampling: float = 1.0
+) -> Threshold:
+    """A threshold from the statistic over the reference's windows (see the module doc).
+
+    `sampling` (1 + n / reference size) widens the independent-events distribution by the
+    reference's own sampling error: a window is compared with a sample, not the population,
+    and a reference of a few hundred rows is as uncertain as the window itself."""
+    null_mean, null_quantile = null_mean * sampling, null_quantile * sampling
     finite = reference_stats[np.isfinite(reference_stats)]
     if finite.size == 0:
         return Threshold(null_quantile, 1.0, None, 0)
@@ -219,7 +226,9 @@ class _Feature:
         self.reference_share = counts[1:] / present if present else counts[1:]
         starts = window_starts(codes.size, n, step)
         windows = _window_counts(codes, binning.bins, starts, n)
-        self.missing_threshold = calibrate(self._missing_z2(windows), 1.0, _CHI2_1)
+        self.missing_threshold = calibrate(
+            self._missing_z2(windows), 1.0, _CHI2_1, sampling=1 + n / total
+        )
         # Categories: frequencies over the short window; numbers: a shape over the long one.
         self.shape_window = n if not numeric else shape_n
         shape_counts = (
@@ -233,6 +242,7 @@ class _Feature:
             self._shape_statistic(shape_counts),
             float(self.df),
             float(chi2.isf(FALSE_FLAG, self.df)),
+            sampling=1 + self.shape_window / max(float(present), 1.0),
         )
         self.mean = self.std = 0.0
         self.moments: list[_Moment] = []
@@ -356,7 +366,9 @@ class _Moment:
         sums = np.concatenate([[0.0], np.cumsum(np.where(gap, 0.0, transformed))])
         seen = np.concatenate([[0], np.cumsum(~gap)])
         total, count = sums[starts + n] - sums[starts], seen[starts + n] - seen[starts]
-        self.threshold = calibrate(self._z2(total, count), 1.0, _CHI2_1)
+        self.threshold = calibrate(
+            self._z2(total, count), 1.0, _CHI2_1, sampling=1 + n / max(present.size, 1)
+        )
 
     def g(self, values: Floats) -> Floats:
         if self.name == "mean":
@@ -515,7 +527,7 @@ class MultivariateDrift:
         )
         # A one-sided z of 5; in squared units to share `calibrate` with the other checks.
         squared = np.where(z > 0, z * z, 0.0)
-        self.threshold = calibrate(squared, 1.0, 25.0)
+        self.threshold = calibrate(squared, 1.0, 25.0, sampling=1 + window / errors.size)
 
     def _standardise(self, matrix: Floats) -> Floats:
         standard = (matrix - self.mean) / self.std
