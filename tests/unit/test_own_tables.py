@@ -104,3 +104,9 @@ def test_register_cli_prints_the_folder_last_and_refuses_clearly(
                  "--target", "churned"]) == 1  # fmt: skip
     assert "go together" in capsys.readouterr().err
     assert np.isfinite(registered["metrics"]["accuracy"])
+
+
+def test_monitor_features_without_a_model_names_the_fix(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["monitor", "--bootstrap-servers", "127.0.0.1:1", "--features-topic", "f"])
+    assert code == 1
+    assert "--features-topic needs --model" in capsys.readouterr().err

@@ -164,3 +164,32 @@ def test_a_constant_training_feature_is_compared_exactly() -> None:
     for _ in range(49):  # the odd value leaves the window: silent again
         monitor.update([3.0, 0.1, 5.0])
     assert monitor.update([3.0, 0.1, 5.0]) == []
+
+
+def test_calibrated_findings_name_method_statistic_threshold_and_rank_features() -> None:
+    from workers.core.alerts import CALIBRATED, redacted  # noqa: PLC0415
+    from workers.core.calibrated_drift import Finding  # noqa: PLC0415
+
+    found = [
+        Finding("country", "frequencies", "jensen_shannon", 0.31, 0.12,
+                {"unseen_share": 0.1, "most_changed": {"(unseen)": 0.1, "FR": -0.06}}),
+        Finding("age", "mean", "z_test", 7.0, 5.0,
+                {"reference_mean": 41.5, "live_mean": 44.0, "shift_sigma": 0.2, "z": 7.0}),
+        *[Finding(f"f{i}", "missing_rate", "binomial_z_test", 5.5, 5.0) for i in range(6)],
+    ]  # fmt: skip
+    [alert] = FeatureAlerts("m", 3).on_moved(RULES, found, seen=600, joined=0, now_ms=1)
+    assert alert.detector == CALIBRATED
+    assert (alert.method, alert.statistic, alert.threshold) == ("jensen_shannon", 0.31, 0.12)
+    assert alert.features is not None
+    assert list(alert.features)[:2] == ["country", "age"]
+    assert len(alert.features) == 5  # the five furthest over their thresholds
+    assert alert.features["age"]["check"] == "mean"
+    assert alert.features["age"]["statistic"] == 7.0
+    hidden = redacted(alert)
+    assert hidden.features is not None
+    # Category names and means quote the data; methods, statistics and shares do not.
+    assert hidden.features["country"] == {"check": "frequencies", "method": "jensen_shannon",
+                                          "statistic": 0.31, "threshold": 0.12,
+                                          "unseen_share": 0.1}  # fmt: skip
+    assert "44.0" not in str(hidden.fields())
+    assert hidden.statistic == 0.31
