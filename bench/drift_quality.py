@@ -348,13 +348,14 @@ def start_peers(seeds: int, scenarios: list[str]) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
-def data_drift(seeds: int, peers: dict[str, Any] | None) -> list[DataResult]:
+def data_drift(seeds: int) -> list[DataResult]:
+    return [summarise(scenario, "scorestream", [our_run(scenario, s) for s in range(seeds)])
+            for scenario in ("stationary", *DATA_TARGETS)]  # fmt: skip
+
+
+def peer_results(peers: dict[str, Any]) -> list[DataResult]:
     results = []
     for scenario in ("stationary", *DATA_TARGETS):
-        results.append(summarise(scenario, "scorestream", [our_run(scenario, s)
-                                                            for s in range(seeds)]))  # fmt: skip
-        if peers is None:
-            continue
         for tool in ("nannyml_univariate", "nannyml_reconstruction", "evidently"):
             runs = peer_runs(peers, scenario, tool)
             if runs:
@@ -531,6 +532,7 @@ def main() -> int:
         )
         checks[f"concept drift 0.2->{p1} within 1.2x the optimal bound"] = measured <= 1.2 * bound
     cbpe_result = cbpe(args.seeds)
+    data_results = data_drift(args.seeds)
     peers = None
     if peers_process is not None:
         output, _ = peers_process.communicate()
@@ -541,7 +543,9 @@ def main() -> int:
                   f"{peers['seconds']:.0f} s")  # fmt: skip
         else:
             print(f"peers failed (exit {peers_process.returncode}); their rows are missing")
-    data_results = data_drift(args.seeds, peers)
+    if peers is not None:
+        data_results += peer_results(peers)
+    data_results.sort(key=lambda r: ["stationary", *DATA_TARGETS].index(r.scenario))
     print_data_drift(data_results, cbpe_result)
     checks.update(data_checks(data_results, cbpe_result))
     for name, ok in checks.items():

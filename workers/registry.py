@@ -109,12 +109,16 @@ def register(  # noqa: PLR0913 - one keyword per CLI flag
     categorical: Sequence[str] = (),
     signer: Signer | None = None,
     extra: Mapping[str, Any] | None = None,
+    calibration_data: Any = None,  # noqa: ANN401 - a DataFrame or a path, with the target column
 ) -> Path:
-    """Register `model` as the next version of `name`; return its folder."""
+    """Register `model` as the next version of `name`; return its folder.
+
+    A classifier's probabilities are calibrated (for estimates before labels) on
+    `calibration_data` when given — rows it was not fitted on, the honest choice — else on the
+    labelled rows of `training_data`."""
     if isinstance(model, str | Path):
         model = load_artifact(Path(model))
-    if isinstance(training_data, str | Path):
-        training_data = read_table(Path(training_data))
+    training_data, calibration_data = _tables(training_data, calibration_data, target)
     if target is not None and training_data is None:
         raise RegistrationError("--target names a column of --training-data: give both")
     if training_data is not None and target is not None and target not in training_data.columns:
@@ -132,7 +136,12 @@ def register(  # noqa: PLR0913 - one keyword per CLI flag
         joblib.dump(model, buffer)
         artifact_bytes = buffer.getvalue()
     draft["sha256"] = sha256_hex(artifact_bytes)
-    draft, reference = _checked_and_described(model, draft, artifact_bytes, training_data, target)
+    draft = _checked(model, draft, artifact_bytes, training_data)
+    reference = None
+    if training_data is not None:
+        draft, reference = _described(
+            model, draft, artifact_bytes, (training_data, calibration_data), target
+        )
     draft.update(extra or {})
 
     def write(folder: Path, version: int) -> None:
@@ -146,6 +155,24 @@ def register(  # noqa: PLR0913 - one keyword per CLI flag
             (folder / SIGNATURE).write_text(signer.sign(manifest_bytes))
 
     return register_folder(Path(models_dir) / name, write)
+
+
+def _tables(
+    training_data: Any,  # noqa: ANN401
+    calibration_data: Any,  # noqa: ANN401
+    target: str | None,
+) -> tuple[Any, Any]:
+    """The tables read (from paths) and checked against the target."""
+    if isinstance(training_data, str | Path):
+        training_data = read_table(Path(training_data))
+    if isinstance(calibration_data, str | Path):
+        calibration_data = read_table(Path(calibration_data))
+    if calibration_data is not None and (target is None or target not in calibration_data):
+        raise RegistrationError(
+            "the calibration data needs the target column too: give --target and a table "
+            "that holds it"
+        )
+    return training_data, calibration_data
 
 
 def _listed(columns: Any) -> str:  # noqa: ANN401
@@ -551,15 +578,13 @@ def _synthetic_rows(model: Any, specs: list[FeatureSpec]) -> list[tuple[Any, ...
     return [tuple(row)]
 
 
-def _checked_and_described(
+def _checked(
     model: Any,  # noqa: ANN401
     draft: dict[str, Any],
     artifact: bytes,
     training_data: Any,  # noqa: ANN401
-    target: str | None,
-) -> tuple[dict[str, Any], bytes | None]:
-    """The draft completed with kinds, nullability, a probe row and, given data, its summary,
-    metrics and drift reference (whose npz bytes come second)."""
+) -> dict[str, Any]:
+    """The draft completed with kinds, nullability and a probe row, once the model scores."""
     names: list[str] = draft["features"]
     specs = [FeatureSpec.from_json(n, draft["feature_kinds"][n]) for n in names]
     rows: list[tuple[Any, ...]] = []
@@ -593,13 +618,30 @@ def _checked_and_described(
             specs[j] = _nullable(spec)
     draft["feature_kinds"] = {s.name: s.to_json() for s in specs}
     draft["probe"] = dict(zip(names, rows[0], strict=True))
-    if training_data is None:
-        return draft, None
+    return draft
+
+
+def _described(
+    model: Any,  # noqa: ANN401
+    draft: dict[str, Any],
+    artifact: bytes,
+    tables: tuple[Any, Any],
+    target: str | None,
+) -> tuple[dict[str, Any], bytes]:
+    """The draft with the data's summary, metrics and drift reference (whose npz bytes come
+    second); `tables`: the training data and the calibration data (or None)."""
+    training_data, calibration_data = tables
+    names: list[str] = draft["features"]
+    specs = [FeatureSpec.from_json(n, draft["feature_kinds"][n]) for n in names]
     draft["feature_summary"] = summarize_table(training_data, specs)
     calibration = None
     if target is not None:
         draft["metrics"], calibration = _metrics(model, draft, artifact, training_data, specs,
                                                  target)  # fmt: skip
+        if calibration_data is not None and draft["task"] == "classification":
+            held_out, calibration = _metrics(model, draft, artifact, calibration_data, specs,
+                                             target)  # fmt: skip
+            draft["calibration_metrics"] = held_out
     scorer = _scorer(model, draft, artifact, specs)
     sample = training_data.iloc[drift_reference.tail(len(training_data))]
     rows = _rows(sample, names, len(sample))

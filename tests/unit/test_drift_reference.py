@@ -13,7 +13,7 @@ from tests.models import FEATURES, churn_pipeline, spend_regressor, table
 from workers import drift_reference
 from workers.drift_reference import REFERENCE_FILE, DriftReferenceError, decode, encode, load
 from workers.model_store import read_manifest
-from workers.registry import register
+from workers.registry import RegistrationError, register
 
 pytestmark = pytest.mark.unit
 
@@ -93,3 +93,20 @@ def test_a_changed_reference_file_is_refused_and_an_old_version_has_none(tmp_pat
     older = json.loads(json.dumps(manifest))
     del older["reference"]
     assert load(folder, older) is None
+
+
+def test_probabilities_are_calibrated_on_held_out_rows_when_given(tmp_path: Path) -> None:
+    frame = table(2000)
+    fitted, held_out = frame.iloc[:1500], frame.iloc[1500:]
+    folder = register(
+        churn_pipeline(fitted), name="churn", models_dir=tmp_path, training_data=fitted,
+        target="churned", calibration_data=held_out,
+    )  # fmt: skip
+    manifest = read_manifest(folder).raw
+    assert manifest["reference"]["calibration"]["rows"] == 500
+    assert manifest["calibration_metrics"]["rows"] == 500
+    assert manifest["metrics"]["rows"] == 1500
+    with pytest.raises(RegistrationError, match="needs the target column"):
+        register(churn_pipeline(fitted), name="churn", models_dir=tmp_path,
+                 training_data=fitted, target="churned",
+                 calibration_data=held_out.drop(columns=["churned"]))  # fmt: skip

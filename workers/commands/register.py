@@ -40,6 +40,10 @@ def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN4
                help="the table the model was fitted on (CSV or Parquet)")  # fmt: skip
     add_option(parser, "--target", environ=environ,
                help="the column of --training-data that holds the labels")  # fmt: skip
+    add_option(parser, "--calibration-data", environ=environ, type=Path,
+               help="classifiers: a table (with --target) the model was not fitted on, to "
+               "calibrate its probabilities for estimated accuracy before labels (default: "
+               "--training-data; an overfitting model is too sure of itself on that)")  # fmt: skip
     add_option(parser, "--features", environ=environ,
                help="feature names in the model's column order, comma-separated (for a model "
                "fitted on an array, which does not know them)")  # fmt: skip
@@ -69,6 +73,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         features=names(args.features),
         categorical=names(args.categorical) or (),
         signer=load_signer(args.sign_key, environ),
+        calibration_data=args.calibration_data,
     )
     manifest = json.loads((folder / "manifest.json").read_text())
     structlog.get_logger("scorestream.register").info(

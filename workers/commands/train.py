@@ -213,6 +213,7 @@ def train_table(  # noqa: PLR0913
     return register_fitted(
         model, name=name, models_dir=models_dir, training_data=table, target=target,
         categorical=categorical, signer=signer,
+        calibration_data=None if regression else x_test.assign(**{target: y_test}),
         extra={"dataset": str(data), "holdout_metrics": {**holdout, "rows": len(y_test)},
                "seed": seed, "trained_estimator": estimator},
     )  # fmt: skip
