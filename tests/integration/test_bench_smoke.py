@@ -49,7 +49,7 @@ def test_drift_bench_runs_and_reports_every_check(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode in (0, 1), proc.stderr[-3000:]  # 1: a target missed on 3 seeds
     result = json.loads(out.read_text())
-    assert len(result["checks"]) == 20
+    assert len(result["checks"]) == 19
     assert {r["detector"] for r in result["results"]} >= {"page_hinkley_pair", "adwin",
                                                           "error_cusum"}  # fmt: skip
     scenarios = {r["scenario"] for r in result["data_drift"]}

@@ -101,7 +101,7 @@ def test_a_cyclic_stream_is_quiet_a_shift_is_named_and_a_restart_keeps_the_windo
         assert worker.stop()[0] == 0
     assert line["detector"] == "calibrated_reference"
     assert "score" in line["features"]
-    assert line["features"]["score"]["check"] in {"mean", "spread", "distribution"}
+    assert line["features"]["score"]["check"] in {"mean", "tails", "distribution"}
     assert line["statistic"] > line["threshold"] > 0
     alert = record.json()
     jsonschema.validate(alert, load_schema("alert"))

@@ -64,7 +64,8 @@ class Alert(msgspec.Struct, omit_defaults=True):
 _VALUE_FREE_STATISTICS = frozenset(
     {"shift_sigma", "z", "check", "chi2", "threshold", "total_variation", "unseen_share",
      "train_missing_rate", "live_missing_rate", "values_not_constant", "method", "statistic",
-     "spread_ratio", "reference_missing_rate", "contributions", "components", "reference_error"}
+     "reference_tail_share", "live_tail_share", "reference_missing_rate", "contributions",
+     "components", "reference_error"}
 )  # fmt: skip
 
 

@@ -13,13 +13,14 @@ sample) gets the wider threshold its cycles call for, a feature that does not ke
 one, and a stretch like one already in the reference is not drift.
 
 Checks, per feature (`UnivariateDrift`):
-- numeric: the mean of the values present (z-test), and their distribution over ten reference
+- numeric: the mean of the values present (z-test), the share of them beyond the reference's
+  5% and 95% quantiles (an exact binomial test) and their distribution over ten reference
   quantile bins (Jensen-Shannon);
 - categorical: frequencies over the reference's categories, one bucket for other categories it
   held and one for values it never held (Jensen-Shannon, reporting `unseen_share`);
 - a feature with one value in the reference (a constant) is compared exactly: any other value
   is drift, and round-off never is, since no sums are taken;
-- every feature: its missing rate (a binomial z-test).
+- every feature: its missing rate (an exact binomial test).
 Across features (`MultivariateDrift`): the mean PCA reconstruction error of the numeric features,
 with the PCA fitted on the reference, which sees a change of correlation that leaves every
 marginal as it was.
@@ -38,7 +39,7 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-from scipy.stats import chi2
+from scipy.stats import binom, chi2, norm
 
 # The two-sided tail of |z| > 5, the chance of a false flag of one check.
 FALSE_FLAG: Final = 5.733e-7
@@ -51,6 +52,9 @@ TOP_CATEGORIES: Final = 50
 KNOWN_VALUES: Final = 1000
 # NannyML's default for its reconstruction drift: components that explain this much variance.
 PCA_VARIANCE: Final = 0.65
+# A feature whose window means vary this many times more than independent events would make
+# them follows the clock: the multivariate check leaves it out (see ReferenceDrift).
+CYCLIC_INFLATION: Final = 4.0
 
 MISSING = 0  # bin of a missing value, for every feature
 
@@ -63,8 +67,8 @@ class Finding:
     """One check over its threshold."""
 
     feature: str
-    check: str  # "mean", "distribution", "frequencies", "constant", "missing_rate"
-    method: str  # "z_test", "jensen_shannon", "exact", "binomial_z_test"
+    check: str  # mean, tails, distribution, frequencies, constant, missing_rate, multivariate
+    method: str  # "z_test", "jensen_shannon", "exact", "binomial_test", "pca_reconstruction_error"
     statistic: float
     threshold: float
     stats: dict[str, Any] = field(default_factory=dict)
@@ -87,19 +91,32 @@ class Threshold:
     windows: int
 
 
-def calibrate(
-    reference_stats: Floats, null_mean: float, null_quantile: float, sampling: float = 1.0
+def calibrate(  # noqa: PLR0913 - the statistic's null, then what the reference says
+    reference_stats: Floats,
+    null_mean: float,
+    null_quantile: float,
+    *,
+    sampling: float = 1.0,
+    relative_sd: float = math.sqrt(2.0),
+    independent: float = 0.0,
 ) -> Threshold:
     """A threshold from the statistic over the reference's windows (see the module doc).
 
     `sampling` (1 + n / reference size) widens the independent-events distribution by the
     reference's own sampling error: a window is compared with a sample, not the population,
-    and a reference of a few hundred rows is as uncertain as the window itself."""
+    and a reference of a few hundred rows is as uncertain as the window itself.
+
+    The inflation is an estimate from `independent` non-overlapping windows' worth of data;
+    two of its standard errors (`relative_sd`: the statistic's sd over its mean for
+    independent events, sqrt(2 / df) for a chi-square) are taken off, so the noise of the
+    estimate does not blunt the checks of a feature with no cycle at all (a mean of 1.2
+    over 100 windows is chance; one of 150 for an hour-of-day column is not)."""
     null_mean, null_quantile = null_mean * sampling, null_quantile * sampling
     finite = reference_stats[np.isfinite(reference_stats)]
     if finite.size == 0:
         return Threshold(null_quantile, 1.0, None, 0)
-    inflation = max(1.0, float(finite.mean()) / null_mean)
+    noise = 2 * relative_sd / math.sqrt(independent) if independent > 0 else 0.0
+    inflation = max(1.0, float(finite.mean()) / null_mean - noise)
     largest = float(finite.max())
     value = max(inflation * null_quantile, REFERENCE_MARGIN * largest)
     return Threshold(value, inflation, largest, int(finite.size))
@@ -227,7 +244,7 @@ class _Feature:
         starts = window_starts(codes.size, n, step)
         windows = _window_counts(codes, binning.bins, starts, n)
         self.missing_threshold = calibrate(
-            self._missing_z2(windows), 1.0, _CHI2_1, sampling=1 + n / total
+            self._missing_z2(windows), 1.0, _CHI2_1, sampling=1 + n / total, independent=total / n
         )
         # Categories: frequencies over the short window; numbers: a shape over the long one.
         self.shape_window = n if not numeric else shape_n
@@ -243,29 +260,30 @@ class _Feature:
             float(self.df),
             float(chi2.isf(FALSE_FLAG, self.df)),
             sampling=1 + self.shape_window / max(float(present), 1.0),
+            relative_sd=math.sqrt(2.0 / self.df),
+            independent=float(present) / self.shape_window,
         )
         self.mean = self.std = 0.0
-        self.moments: list[_Moment] = []
+        self.moments: list[_Moment | _Tails] = []
         if numeric and not binning.constant:
             values = np.asarray(reference, dtype=np.float64)
             present_values = values[~np.isnan(values)]
             self.mean = float(present_values.mean()) if present_values.size else 0.0
             self.std = float(present_values.std()) if present_values.size else 0.0
             if self.std > 0:
-                self.moments = [
-                    _Moment(check, self.mean, self.std, values, starts, n)
-                    for check in ("mean", "spread")
-                ]
+                # The mean over both windows: the short one finds a large shift soon, the long
+                # one a small shift at all (0.5 sigma needs ~(5 / 0.5)^2 = 100 events, 0.25
+                # sigma 400).
+                long_starts = window_starts(values.size, shape_n, step)
+                self.moments = [_Moment(values, starts, n), _Tails(values, starts, n),
+                                _Moment(values, long_starts, shape_n)]  # fmt: skip
 
     @property
     def numeric(self) -> bool:
         return self.binning.numeric
 
     def _missing_z2(self, windows: Ints) -> Floats:
-        size = windows.sum(axis=1)
-        p = self.missing_rate
-        z: Floats = (windows[:, MISSING] - size * p) / np.sqrt(size * p * (1 - p))
-        return z * z
+        return binomial_z2(windows[:, MISSING], windows.sum(axis=1), self.missing_rate)
 
     def _shape_statistic(self, windows: Ints) -> Floats:
         """8 m JSD: for small differences, Pearson's chi-square over the bins."""
@@ -290,10 +308,7 @@ class _Feature:
                                       "reference_value": self.binning.constant_value}))  # fmt: skip
         elif short.size >= self.n:
             if values is not None:
-                recent = values[-self.n :]
-                present = recent[~np.isnan(recent)]
-                if present.size >= self.n // 2:
-                    found += [f for m in self.moments if (f := m.check(self, present))]
+                found += self._moments(values)
             shape_codes = short if not self.numeric else codes[-self.shape_n :]
             if shape_codes.size >= self.shape_window:
                 shape_counts = np.bincount(shape_codes, minlength=self.binning.bins)
@@ -302,11 +317,23 @@ class _Feature:
             z2 = float(self._missing_z2(counts[None, :])[0])
             if z2 > self.missing_threshold.value:
                 found.append(Finding(
-                    self.name, "missing_rate", "binomial_z_test", math.sqrt(z2),
+                    self.name, "missing_rate", "binomial_test", math.sqrt(z2),
                     math.sqrt(self.missing_threshold.value),
                     {"reference_missing_rate": round(self.missing_rate, 6),
                      "live_missing_rate": float(counts[MISSING]) / short.size},
                 ))  # fmt: skip
+        return found
+
+    def _moments(self, values: Floats) -> list[Finding]:
+        found = []
+        for moment in self.moments:
+            recent = values[-moment.window :]
+            present = recent[~np.isnan(recent)]
+            if recent.size < moment.window or present.size < moment.window // 2:
+                continue
+            finding = moment.check(self, present)
+            if finding is not None:
+                found.append(finding)
         return found
 
     def _shape(self, counts: Ints) -> list[Finding]:
@@ -341,40 +368,47 @@ class _Feature:
         if not self.binning.constant:
             out["shape_inflation"] = round(self.shape_threshold.inflation, 2)
             for moment in self.moments:
-                out[f"{moment.name}_inflation"] = round(moment.threshold.inflation, 2)
+                key = moment.name if moment.window == self.n else f"{moment.name}_long"
+                out[f"{key}_inflation"] = round(moment.threshold.inflation, 2)
         return out
 
 
 _CHI2_1: Final = float(chi2.isf(FALSE_FLAG, 1))
 
 
-class _Moment:
-    """A z-test on the window mean of g(x) over the values present: g(x) = x ("mean"), or
-    ((x - reference mean) / reference std)^2 ("spread": the variance about the reference
-    mean, which a change of scale moves and a mean test does not see)."""
+def binomial_z2(k: Floats | Ints, n: Floats | Ints, p: float) -> Floats:
+    """An exact two-sided binomial test of `k` in `n` at rate `p`, as a squared normal deviate
+    (so one chi-square threshold serves every check). Exact, not the normal approximation:
+    a 2% rate in 200 events is far from normal, and its approximation flags too often."""
+    k = np.asarray(k, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    tail = np.minimum(1.0, 2 * np.minimum(binom.cdf(k, n, p), binom.sf(k - 1, n, p)))
+    z = norm.isf(tail / 2)
+    result: Floats = np.where(n > 0, z * z, np.nan)
+    return result
 
-    def __init__(  # noqa: PLR0913, PLR0917 - the test, then the reference windows
-        self, name: str, center: float, scale: float, values: Floats, starts: Ints, n: int
-    ) -> None:
-        # No lambdas: the checks are pickled with the monitor's checkpoints.
-        self.name, self.center, self.scale = name, center, scale
-        transformed = self.g(values)
-        gap = np.isnan(transformed)
-        present = transformed[~gap]
+
+class _Moment:
+    """A z-test on the window mean of the values present ("mean")."""
+
+    name = "mean"
+
+    def __init__(self, values: Floats, starts: Ints, n: int) -> None:
+        self.window = n
+        gap = np.isnan(values)
+        present = values[~gap]
         self.mean = float(present.mean()) if present.size else 0.0
         self.std = float(present.std()) if present.size else 0.0
-        sums = np.concatenate([[0.0], np.cumsum(np.where(gap, 0.0, transformed))])
+        sums = np.concatenate([[0.0], np.cumsum(np.where(gap, 0.0, values))])
         seen = np.concatenate([[0], np.cumsum(~gap)])
         total, count = sums[starts + n] - sums[starts], seen[starts + n] - seen[starts]
         self.threshold = calibrate(
-            self._z2(total, count), 1.0, _CHI2_1, sampling=1 + n / max(present.size, 1)
+            self._z2(total, count),
+            1.0,
+            _CHI2_1,
+            sampling=1 + n / max(present.size, 1),
+            independent=present.size / n,
         )
-
-    def g(self, values: Floats) -> Floats:
-        if self.name == "mean":
-            return values
-        standard: Floats = ((values - self.center) / self.scale) ** 2
-        return standard
 
     def _z2(self, total: Floats, count: Ints) -> Floats:
         if self.std <= 0:
@@ -385,21 +419,64 @@ class _Moment:
         return result
 
     def check(self, feature: _Feature, present: Floats) -> Finding | None:
-        transformed = self.g(present)
-        z2 = float(self._z2(np.array([transformed.sum()]), np.array([present.size]))[0])
+        z2 = float(self._z2(np.array([present.sum()]), np.array([present.size]))[0])
         if not z2 > self.threshold.value:
             return None
-        live = float(transformed.mean())
+        live = float(present.mean())
         z = math.copysign(math.sqrt(z2), live - self.mean)
-        stats: dict[str, Any]
-        if self.name == "mean":
-            stats = {"reference_mean": feature.mean, "live_mean": live,
-                     "shift_sigma": round((live - feature.mean) / feature.std, 4)}  # fmt: skip
-        else:
-            stats = {"reference_std": feature.std, "spread_ratio": round(math.sqrt(live), 4)}
-        stats["z"] = round(z, 2)
+        shift = round((live - feature.mean) / feature.std, 4)
+        stats = {"reference_mean": feature.mean, "live_mean": live, "shift_sigma": shift,
+                 "z": round(z, 2), "window": self.window}  # fmt: skip
         return Finding(feature.name, self.name, "z_test", abs(z), math.sqrt(self.threshold.value),
                        stats)  # fmt: skip
+
+
+# The reference's outer quantiles: a share of values beyond them is what a change of scale
+# (or of the tails alone) moves, whatever the shape of the distribution.
+TAIL_QUANTILES: Final = (0.05, 0.95)
+
+
+class _Tails:
+    """The share of values present outside the reference's 5% and 95% quantiles, against the
+    reference's own share (an exact binomial test): a variance that doubles pushes it from 10%
+    to about 25%, a distribution that narrows pulls it down. Counting needs no moments, so a
+    heavy-tailed or skewed feature is judged as fairly as a normal one."""
+
+    name = "tails"
+
+    def __init__(self, values: Floats, starts: Ints, n: int) -> None:
+        self.window = n
+        gap = np.isnan(values)
+        present = values[~gap]
+        low, high = np.quantile(present, TAIL_QUANTILES) if present.size else (0.0, 0.0)
+        self.low, self.high = float(low), float(high)
+        outside = ~gap & ((values < self.low) | (values > self.high))
+        floor = 0.5 / max(present.size, 1)
+        share = float(outside.sum()) / max(present.size, 1)
+        self.share = min(max(share, floor), 1 - floor)
+        beyond = np.concatenate([[0], np.cumsum(outside)])
+        seen = np.concatenate([[0], np.cumsum(~gap)])
+        k, m = beyond[starts + n] - beyond[starts], seen[starts + n] - seen[starts]
+        self.threshold = calibrate(
+            binomial_z2(k, m, self.share),
+            1.0,
+            _CHI2_1,
+            sampling=1 + n / max(present.size, 1),
+            independent=present.size / n,
+        )
+
+    def check(self, feature: _Feature, present: Floats) -> Finding | None:
+        k = int(((present < self.low) | (present > self.high)).sum())
+        z2 = float(binomial_z2(np.array([k]), np.array([present.size]), self.share)[0])
+        if not z2 > self.threshold.value:
+            return None
+        live = k / present.size
+        return Finding(
+            feature.name, self.name, "binomial_test", math.sqrt(z2),
+            math.sqrt(self.threshold.value),
+            {"reference_tail_share": round(self.share, 4), "live_tail_share": round(live, 4),
+             "z": round(math.copysign(math.sqrt(z2), live - self.share), 2)},
+        )  # fmt: skip
 
 
 class UnivariateDrift:
@@ -527,7 +604,15 @@ class MultivariateDrift:
         )
         # A one-sided z of 5; in squared units to share `calibrate` with the other checks.
         squared = np.where(z > 0, z * z, 0.0)
-        self.threshold = calibrate(squared, 1.0, 25.0, sampling=1 + window / errors.size)
+        # One-sided: max(z, 0)^2 has mean 1/2 and sd sqrt(5) times that for independent rows.
+        self.threshold = calibrate(
+            squared,
+            0.5,
+            25.0,
+            sampling=1 + window / errors.size,
+            relative_sd=math.sqrt(5.0),
+            independent=errors.size / window,
+        )
 
     def _standardise(self, matrix: Floats) -> Floats:
         standard = (matrix - self.mean) / self.std
@@ -600,7 +685,7 @@ class ReferenceDrift:
         self.univariate = UnivariateDrift(
             names, numeric, reference, window=window, shape_window=shape_window
         )
-        self.numeric = [j for j, is_number in enumerate(numeric) if is_number]
+        self.numeric = self._steady([j for j, is_number in enumerate(numeric) if is_number])
         matrix = (
             np.stack([np.asarray(reference[j], dtype=np.float64) for j in self.numeric], axis=1)
             if self.numeric
@@ -620,6 +705,19 @@ class ReferenceDrift:
             if combined is not None:
                 found = sorted([*found, combined], key=lambda f: -f.ratio)
         return found
+
+    def _steady(self, numeric: list[int]) -> list[int]:
+        """The numeric features the multivariate check takes: those whose window means do not
+        follow the clock (inflation up to CYCLIC_INFLATION). A feature that cycles with the
+        hour puts its cycle into every row's reconstruction error, which would drown a change
+        of correlation among the others; it keeps its own calibrated checks. With fewer than
+        two such features, all of them."""
+        steady = [
+            j for j in numeric
+            if (moments := self.univariate.features[j].moments)
+            and moments[0].threshold.inflation <= CYCLIC_INFLATION
+        ]  # fmt: skip
+        return steady if len(steady) >= 2 else numeric
 
     def restart_window(self) -> None:
         self.univariate.restart()

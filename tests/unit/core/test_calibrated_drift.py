@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,7 @@ from workers.core.calibrated_drift import (
     REFERENCE_MARGIN,
     Binning,
     Finding,
-    MultivariateDrift,
+    ReferenceDrift,
     UnivariateDrift,
     calibrate,
 )
@@ -29,7 +30,9 @@ def reference_columns(columns: dict[str, Any]) -> list[Any]:
     ]
 
 
-def findings(drift: UnivariateDrift, rows: list[tuple[Any, ...]]) -> list[tuple[int, Finding]]:
+def findings(
+    drift: UnivariateDrift | ReferenceDrift, rows: list[tuple[Any, ...]]
+) -> list[tuple[int, Finding]]:
     return [(i, f) for i, row in enumerate(rows) for f in drift.update(row)]
 
 
@@ -81,10 +84,10 @@ def test_a_mean_shift_is_named_with_method_statistic_and_threshold(drift: Univar
     assert 1000 < first_at < 1200
 
 
-def test_a_doubled_variance_is_found_by_spread_and_shape(drift: UnivariateDrift) -> None:
+def test_a_doubled_variance_is_found_by_tails_and_shape(drift: UnivariateDrift) -> None:
     live = cyclic_stream(3000, seed=4, start=20_000, change="variance", change_at=21_000)
     found = findings(fresh(drift), rows_of(live))
-    assert {f.check for _, f in found if f.feature == "score"} >= {"spread", "distribution"}
+    assert {f.check for _, f in found if f.feature == "score"} >= {"tails", "distribution"}
     assert found[0][0] < 1500
     assert all(f.feature == "score" for _, f in found)
 
@@ -147,21 +150,40 @@ def test_calibration_inflates_by_the_reference_windows_and_never_below_their_max
 
 
 def test_a_correlation_flip_is_multivariate_drift_and_no_univariate_one(
-    reference: dict[str, Any], drift: UnivariateDrift
+    reference: dict[str, Any],
 ) -> None:
-    names = [f for f, n in zip(FEATURES, NUMERIC, strict=True) if n]
-    matrix = np.stack([np.asarray(reference[f], dtype=np.float64) for f in names], axis=1)
-    multivariate = MultivariateDrift(names, matrix)
-    # Constant columns are left out of the PCA.
-    assert "region" not in multivariate.names
-    assert "fee" not in multivariate.names
+    drift = ReferenceDrift(FEATURES, NUMERIC, reference_columns(reference))
+    names = set(drift.multivariate.names)
+    # Constant columns are compared exactly, and columns that follow the clock would put
+    # their cycle into every row's reconstruction error: both are left out of the PCA.
+    assert names.isdisjoint({"region", "fee", "hour", "load", "visits"})
+    assert {"x1", "x2", "score", "amount"} <= names
     live = cyclic_stream(4000, seed=7, start=20_000, change="correlation_flip", change_at=21_000)
-    live_matrix = np.stack([np.asarray(live[f], dtype=np.float64) for f in names], axis=1)
-    hits = [(i, f) for i, row in enumerate(live_matrix) if (f := multivariate.update(row))]
-    assert hits
-    at, first = hits[0]
+    found = findings(drift, rows_of(live))
+    assert found
+    at, first = found[0]
     assert 1000 < at < 2000
+    assert first.check == "multivariate"
     assert first.method == "pca_reconstruction_error"
     assert first.statistic > first.threshold
     assert set(list(first.stats["contributions"])[:2]) == {"x1", "x2"}
-    assert findings(fresh(drift), rows_of(live)) == []
+    assert all(f.check == "multivariate" for _, f in found)
+
+
+def test_with_fewer_than_two_steady_features_the_pca_takes_them_all() -> None:
+    t = np.arange(20_000)
+    hour = (t % 1440) // 60
+    rng = np.random.default_rng(8)
+    load = 50 + 20 * np.sin(2 * np.pi * (t % 1440) / 1440) + rng.normal(0, 5, t.size)
+    drift = ReferenceDrift(["hour", "load", "noise"], [True, True, True],
+                           [hour.astype(float), load, rng.normal(size=t.size)])  # fmt: skip
+    assert set(drift.multivariate.names) == {"hour", "load", "noise"}
+
+
+def test_an_inflation_within_its_own_noise_is_taken_as_none() -> None:
+    # A mean of 1.2 over 100 windows' worth of independent events: chance, not a cycle.
+    noisy = calibrate(np.array([1.2] * 50), null_mean=1.0, null_quantile=25.0, independent=100)
+    assert noisy.inflation == 1.0
+    cyclic = calibrate(np.array([150.0] * 50), null_mean=1.0, null_quantile=25.0,
+                       independent=100)  # fmt: skip
+    assert cyclic.inflation == pytest.approx(150.0 - 2 * math.sqrt(2) / 10)
