@@ -367,27 +367,28 @@ def peer_results(peers: dict[str, Any]) -> list[DataResult]:
 
 @dataclass
 class CbpeResult:
+    window: int
     windows: int
     within: int
     mean_abs_error: float
     raw_mean_abs_error: float
+    # An estimate that knew the true P(y | x) of every event: what binomial noise alone allows.
+    oracle_within: int
     accuracy_before: float
     accuracy_after: float
 
 
-def cbpe(seeds: int, window: int = 1000) -> CbpeResult:
+def cbpe(seeds: int, sizes: tuple[int, ...] = (1000, 2000)) -> list[CbpeResult]:
     """A logistic regression on x1, score and amount; calibrated on a held-out quarter of the
-    reference; live under covariate shift (x1 + 0.8, score - 0.5, the relation unchanged)."""
+    reference; live under covariate shift (x1 and score shrunk to 0.35: harder cases, the
+    relation unchanged, accuracy falls). Windows of each size, tumbling."""
     from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
 
     def design(columns: dict[str, Any]) -> np.ndarray:
         amount = np.nan_to_num(np.asarray(columns["amount"], dtype=np.float64), nan=20.0)
         return np.stack([columns["x1"], columns["score"], amount], axis=1)
 
-    errors: list[float] = []
-    raw_errors: list[float] = []
-    before: list[float] = []
-    after: list[float] = []
+    runs = []
     for seed in range(seeds):
         reference = cyclic_stream(REFERENCE_ROWS, seed)
         x, y = design(reference), np.asarray(reference["label"])
@@ -398,24 +399,41 @@ def cbpe(seeds: int, window: int = 1000) -> CbpeResult:
         live = cyclic_stream(STATIONARY_ROWS, seed + 1000, start=REFERENCE_ROWS,
                              change="covariate_shift",
                              change_at=REFERENCE_ROWS + LIVE_CHANGE_AT)  # fmt: skip
-        proba = model.predict_proba(design(live))
-        truth = np.asarray(live["label"])
-        right = proba.argmax(axis=1) == truth
+        features = design(live)
+        proba = model.predict_proba(features)
+        predicted = proba.argmax(axis=1)
+        right = predicted == np.asarray(live["label"])
         chance = np.array([e.correct for p in proba.tolist()
                            if (e := expected(calibration, p)) is not None])  # fmt: skip
-        for start in range(0, STATIONARY_ROWS - window + 1, window):
-            part = slice(start, start + window)
-            realized = float(right[part].mean())
-            errors.append(abs(float(chance[part].mean()) - realized))
-            raw_errors.append(abs(float(proba[part].max(axis=1).mean()) - realized))
-            (before if start + window <= LIVE_CHANGE_AT else after).append(realized)
-    return CbpeResult(
-        len(errors), sum(e <= 0.03 for e in errors), float(np.mean(errors)),
-        float(np.mean(raw_errors)), float(np.mean(before)), float(np.mean(after)),
-    )  # fmt: skip
+        # The generator's own relation (streams.py): the chance each prediction is right.
+        true_p = 1 / (1 + np.exp(-(1.5 * features[:, 0] + features[:, 1]
+                                   + (features[:, 2] - 20.0) / 10.0)))  # fmt: skip
+        oracle = np.where(predicted == 1, true_p, 1 - true_p)
+        runs.append((right, chance, proba.max(axis=1), oracle))
+    results = []
+    for size in sizes:
+        errors: list[float] = []
+        raw: list[float] = []
+        oracle_errors: list[float] = []
+        before: list[float] = []
+        after: list[float] = []
+        for right, chance, confidence, oracle in runs:
+            for start in range(0, STATIONARY_ROWS - size + 1, size):
+                part = slice(start, start + size)
+                realized = float(right[part].mean())
+                errors.append(abs(float(chance[part].mean()) - realized))
+                raw.append(abs(float(confidence[part].mean()) - realized))
+                oracle_errors.append(abs(float(oracle[part].mean()) - realized))
+                (before if start + size <= LIVE_CHANGE_AT else after).append(realized)
+        results.append(CbpeResult(
+            size, len(errors), sum(e <= 0.03 for e in errors), float(np.mean(errors)),
+            float(np.mean(raw)), sum(e <= 0.03 for e in oracle_errors),
+            float(np.mean(before)) if before else float("nan"), float(np.mean(after)),
+        ))  # fmt: skip
+    return results
 
 
-def print_data_drift(results: list[DataResult], cbpe_result: CbpeResult) -> None:
+def print_data_drift(results: list[DataResult], cbpe_results: list[CbpeResult]) -> None:
     print(f"\n{'data drift scenario':22} {'detector':24} {'found':>7} {'mean delay':>11} "
           f"{'max delay':>10} {'FA/10k':>8} {'on constants':>13}")  # fmt: skip
     for r in results:
@@ -428,14 +446,15 @@ def print_data_drift(results: list[DataResult], cbpe_result: CbpeResult) -> None
     for r in flip:
         print(f"correlation flip, univariate alarms on x1/x2 after the change ({r.detector}): "
               f"{r.univariate_after_flip}")  # fmt: skip
-    c = cbpe_result
-    print(f"CBPE under covariate shift: |estimated - realized| <= 0.03 in {c.within}/{c.windows} "
-          f"windows of 1,000 ({c.within / c.windows:.1%}); mean |error| {c.mean_abs_error:.4f} "
-          f"(uncalibrated confidence: {c.raw_mean_abs_error:.4f}); accuracy {c.accuracy_before:.3f}"
-          f" before the shift, {c.accuracy_after:.3f} after")  # fmt: skip
+    for c in cbpe_results:
+        print(f"CBPE under covariate shift, windows of {c.window:,}: |estimated - realized| <= "
+              f"0.03 in {c.within}/{c.windows} ({c.within / c.windows:.1%}; an estimate knowing "
+              f"the true P(y|x): {c.oracle_within / c.windows:.1%}); mean |error| "
+              f"{c.mean_abs_error:.4f} (uncalibrated confidence: {c.raw_mean_abs_error:.4f}); "
+              f"accuracy {c.accuracy_after:.3f} after the shift")  # fmt: skip
 
 
-def data_checks(results: list[DataResult], cbpe_result: CbpeResult) -> dict[str, bool]:
+def data_checks(results: list[DataResult], cbpe_results: list[CbpeResult]) -> dict[str, bool]:
     ours = {r.scenario: r for r in results if r.detector == "scorestream"}
 
     def within(scenario: str) -> bool:
@@ -455,8 +474,11 @@ def data_checks(results: list[DataResult], cbpe_result: CbpeResult) -> dict[str,
         "data drift: correlation flip: 30/30, within 1,000": within("correlation_flip"),
         "data drift: correlation flip: univariate silent": ours[
             "correlation_flip"].univariate_after_flip == 0,
-        "CBPE: |estimated - realized| <= 0.03 in 95% of windows": cbpe_result.within
-        >= 0.95 * cbpe_result.windows,
+        # Windows of 1,000 (the monitor's --window). The realized accuracy's own binomial
+        # noise (sd 0.0145 at 0.70) keeps even an estimate that knows the true P(y|x) near the
+        # line there: the oracle's share is printed beside.
+        "CBPE: |estimated - realized| <= 0.03 in 95% of windows": all(
+            c.within >= 0.95 * c.windows for c in cbpe_results if c.window == 1000),
     }  # fmt: skip
 
 
@@ -532,7 +554,7 @@ def main() -> int:
             f"{measured / bound:.2f}x"
         )
         checks[f"concept drift 0.2->{p1} within 1.2x the optimal bound"] = measured <= 1.2 * bound
-    cbpe_result = cbpe(args.seeds)
+    cbpe_results = cbpe(args.seeds)
     data_results = data_drift(args.seeds)
     peers = None
     if peers_process is not None:
@@ -547,8 +569,8 @@ def main() -> int:
     if peers is not None:
         data_results += peer_results(peers)
     data_results.sort(key=lambda r: ["stationary", *DATA_TARGETS].index(r.scenario))
-    print_data_drift(data_results, cbpe_result)
-    checks.update(data_checks(data_results, cbpe_result))
+    print_data_drift(data_results, cbpe_results)
+    checks.update(data_checks(data_results, cbpe_results))
     for name, ok in checks.items():
         print(f"{'PASS' if ok else 'MISS'}  {name}")
     ratio_03 = by[("error 0.2->0.3", "adwin")].mean_delay, by[("error 0.2->0.3", d)].mean_delay
@@ -560,7 +582,7 @@ def main() -> int:
             {
                 "results": [asdict(r) for r in results],
                 "data_drift": [asdict(r) for r in data_results],
-                "cbpe": asdict(cbpe_result),
+                "cbpe": [asdict(c) for c in cbpe_results],
                 "peers": None
                 if peers is None
                 else {k: peers[k] for k in ("versions", "chunk", "seconds")},

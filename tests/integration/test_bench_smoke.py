@@ -55,5 +55,6 @@ def test_drift_bench_runs_and_reports_every_check(tmp_path: Path) -> None:
     scenarios = {r["scenario"] for r in result["data_drift"]}
     assert scenarios == {"stationary", "mean_shift", "variance", "new_category",
                          "correlation_flip"}  # fmt: skip
-    assert result["cbpe"]["windows"] == 3 * 20
+    assert [(c["window"], c["windows"]) for c in result["cbpe"]] == [(1000, 3 * 20),
+                                                                     (2000, 3 * 10)]  # fmt: skip
     assert result["peers"] is None

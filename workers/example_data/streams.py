@@ -12,8 +12,9 @@ Columns:
 - `label`: 1 with probability sigmoid(1.5 x1 + score + (amount - 20) / 10), else 0.
 Changes (`change_at` onwards): "mean_shift" (score + 0.5), "variance" (score's variance x2),
 "new_category" (10% of channels become "kiosk"), "correlation_flip" (x2's correlation with x1
-becomes -0.8; every marginal is unchanged), "covariate_shift" (x1 + 0.8, score - 0.5: the
-relation to the label stays).
+becomes -0.8; every marginal is unchanged), "covariate_shift" (x1 and score shrink to 0.35 of
+themselves: the cases crowd the decision boundary, accuracy falls, the relation to the label
+stays).
 """
 
 from __future__ import annotations
@@ -64,8 +65,9 @@ def cyclic_stream(
     elif change == "variance":
         score = np.where(after, score * np.sqrt(2.0), score)
     elif change == "covariate_shift":
-        x1 = np.where(after, x1 + 0.8, x1)
-        score = np.where(after, score - 0.5, score)
+        # Closer to the decision boundary: harder cases, the same relation to the label.
+        x1 = np.where(after, 0.35 * x1, x1)
+        score = np.where(after, 0.35 * score, score)
     channel = rng.choice(np.array(["web", "app", "store"]), rows, p=[0.5, 0.3, 0.2]).tolist()
     kiosk = rng.random(rows) < 0.1
     gaps = rng.random(rows) < 0.02

@@ -108,3 +108,13 @@ def test_estimate_check_puts_realized_beside_estimated() -> None:
     assert snapshot is not None
     assert snapshot[0] == pytest.approx(0.75)
     assert snapshot[1] == 0.5
+
+
+def test_probabilities_already_calibrated_are_left_as_they_are() -> None:
+    rng = np.random.default_rng(3)
+    p = rng.random(20_000)
+    truth = (rng.random(20_000) < p).astype(int)  # P(y=1) is p: nothing to correct
+    calibration = fit_calibration(np.stack([1 - p, p], axis=1), truth.tolist())
+    assert calibration is not None
+    assert (calibration.x, calibration.y) == ((0.0, 1.0), (0.0, 1.0))
+    assert calibration(0.37) == pytest.approx(0.37)
