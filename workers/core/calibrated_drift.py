@@ -208,9 +208,10 @@ def _short(value: float) -> str:
 def jensen_shannon(live: Floats, reference: Floats) -> Floats:
     """Row-wise Jensen-Shannon divergence (natural log) of two sets of distributions."""
     middle = 0.5 * (live + reference)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        a = np.where(live > 0, live * np.log(live / middle), 0.0)
-        b = np.where(reference > 0, reference * np.log(reference / middle), 0.0)
+    # 0 log 0 is 0: the ratios are taken as 1 where a share is 0 (no warnings to silence).
+    safe = np.where(middle > 0, middle, 1.0)
+    a = live * np.log(np.where(live > 0, live, 1.0) / safe)
+    b = reference * np.log(np.where(reference > 0, reference, 1.0) / safe)
     divergence: Floats = 0.5 * (a.sum(axis=-1) + b.sum(axis=-1))
     return divergence
 
@@ -246,6 +247,7 @@ class _Feature:
         self.missing_threshold = calibrate(
             self._missing_z2(windows), 1.0, _CHI2_1, sampling=1 + n / total, independent=total / n
         )
+        self.missing_band = BinomialBand(self.missing_rate, self.missing_threshold.value)
         # Categories: frequencies over the short window; numbers: a shape over the long one.
         self.shape_window = n if not numeric else shape_n
         shape_counts = (
@@ -289,8 +291,7 @@ class _Feature:
         """8 m JSD: for small differences, Pearson's chi-square over the bins."""
         present = windows[:, 1:].astype(np.float64)
         m = present.sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            live = present / m[:, None]
+        live = present / np.where(m > 0, m, 1.0)[:, None]
         stat: Floats = 8.0 * m * jensen_shannon(live, self.reference_share[None, :])
         return np.where(m > 0, stat, np.nan)
 
@@ -313,8 +314,8 @@ class _Feature:
             if shape_codes.size >= self.shape_window:
                 shape_counts = np.bincount(shape_codes, minlength=self.binning.bins)
                 found += self._shape(shape_counts)
-        if short.size >= self.n:
-            z2 = float(self._missing_z2(counts[None, :])[0])
+        if short.size >= self.n and not self.missing_band.passes(int(counts[MISSING]), short.size):
+            z2 = self.missing_band.z2(int(counts[MISSING]), short.size)
             if z2 > self.missing_threshold.value:
                 found.append(Finding(
                     self.name, "missing_rate", "binomial_test", math.sqrt(z2),
@@ -388,6 +389,28 @@ def binomial_z2(k: Floats | Ints, n: Floats | Ints, p: float) -> Floats:
     return result
 
 
+class BinomialBand:
+    """The counts `k` of `n` an exact binomial test at rate `p` lets pass under a threshold
+    (in squared-deviate units), worked out once per `n`: a live check is then two integer
+    comparisons, not a call into scipy's distributions (which cost more than the event)."""
+
+    def __init__(self, p: float, threshold: float) -> None:
+        self.p, self.threshold = p, threshold
+        self._bands: dict[int, tuple[int, int]] = {}
+
+    def passes(self, k: int, n: int) -> bool:
+        band = self._bands.get(n)
+        if band is None:
+            passing = np.flatnonzero(binomial_z2(np.arange(n + 1), np.full(n + 1, n), self.p)
+                                     <= self.threshold)  # fmt: skip
+            # The statistic falls away from n p on both sides: the passing counts are a run.
+            band = self._bands[n] = (int(passing[0]), int(passing[-1])) if passing.size else (1, 0)
+        return band[0] <= k <= band[1]
+
+    def z2(self, k: int, n: int) -> float:
+        return float(binomial_z2(np.array([k]), np.array([n]), self.p)[0])
+
+
 class _Moment:
     """A z-test on the window mean of the values present ("mean")."""
 
@@ -419,11 +442,13 @@ class _Moment:
         return result
 
     def check(self, feature: _Feature, present: Floats) -> Finding | None:
-        z2 = float(self._z2(np.array([present.sum()]), np.array([present.size]))[0])
-        if not z2 > self.threshold.value:
+        if self.std <= 0:
             return None
-        live = float(present.mean())
-        z = math.copysign(math.sqrt(z2), live - self.mean)
+        # Plain floats: this runs for every numeric feature at every step.
+        live = float(present.sum()) / present.size
+        z = (live - self.mean) / (self.std / math.sqrt(present.size))
+        if not z * z > self.threshold.value:
+            return None
         shift = round((live - feature.mean) / feature.std, 4)
         stats = {"reference_mean": feature.mean, "live_mean": live, "shift_sigma": shift,
                  "z": round(z, 2), "window": self.window}  # fmt: skip
@@ -464,12 +489,13 @@ class _Tails:
             sampling=1 + n / max(present.size, 1),
             independent=present.size / n,
         )
+        self.band = BinomialBand(self.share, self.threshold.value)
 
     def check(self, feature: _Feature, present: Floats) -> Finding | None:
         k = int(((present < self.low) | (present > self.high)).sum())
-        z2 = float(binomial_z2(np.array([k]), np.array([present.size]), self.share)[0])
-        if not z2 > self.threshold.value:
+        if self.band.passes(k, present.size):
             return None
+        z2 = self.band.z2(k, present.size)
         live = k / present.size
         return Finding(
             feature.name, self.name, "binomial_test", math.sqrt(z2),
