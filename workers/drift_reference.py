@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
+from workers.core.calibrated_drift import category_key
 from workers.core.estimation import Calibration
 from workers.core.monitor import ReferenceLookup, VersionReference
 from workers.model_store import (
@@ -108,7 +109,7 @@ def _codes(column: Sequence[Any]) -> tuple[npt.NDArray[np.int32], list[Any]]:
         if value is None:
             codes[i] = -1
             continue
-        codes[i] = values.setdefault((type(value).__name__, value), len(values))
+        codes[i] = values.setdefault(category_key(value), len(values))
     return codes, [value for _, value in values]
 
 

@@ -156,7 +156,7 @@ class Binning:
         present_values = [v for v in reference if v is not None]
         counts: dict[Any, int] = {}
         for value in present_values:
-            key = _key(value)
+            key = category_key(value)
             counts[key] = counts.get(key, 0) + 1
         ranked = sorted(counts, key=lambda k: (-counts[k], str(k)))
         listed = ranked[:TOP_CATEGORIES]
@@ -188,7 +188,7 @@ class Binning:
             if value is None:
                 out[j] = MISSING
                 continue
-            key = _key(value)
+            key = category_key(value)
             code = index.get(key)
             if code is None:
                 code = self.other if key in known else self.unseen
@@ -196,7 +196,7 @@ class Binning:
         return out
 
 
-def _key(value: Any) -> tuple[str, Any]:  # noqa: ANN401
+def category_key(value: Any) -> tuple[str, Any]:  # noqa: ANN401
     """A category's dictionary key: True and 1 are different categories."""
     return (type(value).__name__, value)
 
@@ -216,13 +216,20 @@ def jensen_shannon(live: Floats, reference: Floats) -> Floats:
     return divergence
 
 
+def window_sums(values: npt.NDArray[Any], starts: Ints, n: int) -> npt.NDArray[Any]:
+    """Sums over each window [start, start + n) along the first axis, from one cumulative sum
+    (booleans sum to counts)."""
+    running = np.cumsum(values, axis=0)
+    cumulative = np.concatenate([np.zeros((1, *running.shape[1:]), running.dtype), running])
+    result: npt.NDArray[Any] = cumulative[starts + n] - cumulative[starts]
+    return result
+
+
 def _window_counts(codes: Ints, bins: int, starts: Ints, n: int) -> Ints:
     """Bin counts of each window [start, start + n) of the codes."""
-    onehot = np.zeros((codes.size + 1, bins), dtype=np.int64)
-    onehot[np.arange(1, codes.size + 1), codes] = 1
-    cumulative: Ints = np.cumsum(onehot, axis=0)
-    result: Ints = cumulative[starts + n] - cumulative[starts]
-    return result
+    onehot = np.zeros((codes.size, bins), dtype=np.int64)
+    onehot[np.arange(codes.size), codes] = 1
+    return window_sums(onehot, starts, n)
 
 
 class _Feature:
@@ -265,19 +272,16 @@ class _Feature:
             relative_sd=math.sqrt(2.0 / self.df),
             independent=float(present) / self.shape_window,
         )
-        self.mean = self.std = 0.0
         self.moments: list[_Moment | _Tails] = []
         if numeric and not binning.constant:
             values = np.asarray(reference, dtype=np.float64)
-            present_values = values[~np.isnan(values)]
-            self.mean = float(present_values.mean()) if present_values.size else 0.0
-            self.std = float(present_values.std()) if present_values.size else 0.0
-            if self.std > 0:
+            mean = _Moment(values, starts, n)
+            if mean.std > 0:
                 # The mean over both windows: the short one finds a large shift soon, the long
                 # one a small shift at all (0.5 sigma needs ~(5 / 0.5)^2 = 100 events, 0.25
                 # sigma 400).
                 long_starts = window_starts(values.size, shape_n, step)
-                self.moments = [_Moment(values, starts, n), _Tails(values, starts, n),
+                self.moments = [mean, _Tails(values, starts, n),
                                 _Moment(values, long_starts, shape_n)]  # fmt: skip
 
     @property
@@ -310,19 +314,20 @@ class _Feature:
         elif short.size >= self.n:
             if values is not None:
                 found += self._moments(values)
-            shape_codes = short if not self.numeric else codes[-self.shape_n :]
-            if shape_codes.size >= self.shape_window:
-                shape_counts = np.bincount(shape_codes, minlength=self.binning.bins)
-                found += self._shape(shape_counts)
-        if short.size >= self.n and not self.missing_band.passes(int(counts[MISSING]), short.size):
-            z2 = self.missing_band.z2(int(counts[MISSING]), short.size)
-            if z2 > self.missing_threshold.value:
-                found.append(Finding(
-                    self.name, "missing_rate", "binomial_test", math.sqrt(z2),
-                    math.sqrt(self.missing_threshold.value),
-                    {"reference_missing_rate": round(self.missing_rate, 6),
-                     "live_missing_rate": float(counts[MISSING]) / short.size},
-                ))  # fmt: skip
+            if not self.numeric:  # categories: frequencies over the short window, counted
+                found += self._shape(counts)
+            elif codes.size >= self.shape_n:
+                shape_codes = codes[-self.shape_n :]
+                found += self._shape(np.bincount(shape_codes, minlength=self.binning.bins))
+        missing = int(counts[MISSING])
+        if short.size >= self.n and not self.missing_band.passes(missing, short.size):
+            found.append(Finding(
+                self.name, "missing_rate", "binomial_test",
+                math.sqrt(self.missing_band.z2(missing, short.size)),
+                math.sqrt(self.missing_threshold.value),
+                {"reference_missing_rate": round(self.missing_rate, 6),
+                 "live_missing_rate": missing / short.size},
+            ))  # fmt: skip
         return found
 
     def _moments(self, values: Floats) -> list[Finding]:
@@ -332,7 +337,7 @@ class _Feature:
             present = recent[~np.isnan(recent)]
             if recent.size < moment.window or present.size < moment.window // 2:
                 continue
-            finding = moment.check(self, present)
+            finding = moment.check(self.name, present)
             if finding is not None:
                 found.append(finding)
         return found
@@ -422,9 +427,8 @@ class _Moment:
         present = values[~gap]
         self.mean = float(present.mean()) if present.size else 0.0
         self.std = float(present.std()) if present.size else 0.0
-        sums = np.concatenate([[0.0], np.cumsum(np.where(gap, 0.0, values))])
-        seen = np.concatenate([[0], np.cumsum(~gap)])
-        total, count = sums[starts + n] - sums[starts], seen[starts + n] - seen[starts]
+        total = window_sums(np.where(gap, 0.0, values), starts, n)
+        count = window_sums(~gap, starts, n)
         self.threshold = calibrate(
             self._z2(total, count),
             1.0,
@@ -441,18 +445,17 @@ class _Moment:
         result: Floats = np.where(count > 0, z * z, np.nan)
         return result
 
-    def check(self, feature: _Feature, present: Floats) -> Finding | None:
-        if self.std <= 0:
-            return None
+    def check(self, feature: str, present: Floats) -> Finding | None:
+        """Built only for a feature with a spread (std > 0)."""
         # Plain floats: this runs for every numeric feature at every step.
         live = float(present.sum()) / present.size
         z = (live - self.mean) / (self.std / math.sqrt(present.size))
         if not z * z > self.threshold.value:
             return None
-        shift = round((live - feature.mean) / feature.std, 4)
-        stats = {"reference_mean": feature.mean, "live_mean": live, "shift_sigma": shift,
+        shift = round((live - self.mean) / self.std, 4)
+        stats = {"reference_mean": self.mean, "live_mean": live, "shift_sigma": shift,
                  "z": round(z, 2), "window": self.window}  # fmt: skip
-        return Finding(feature.name, self.name, "z_test", abs(z), math.sqrt(self.threshold.value),
+        return Finding(feature, self.name, "z_test", abs(z), math.sqrt(self.threshold.value),
                        stats)  # fmt: skip
 
 
@@ -479,9 +482,7 @@ class _Tails:
         floor = 0.5 / max(present.size, 1)
         share = float(outside.sum()) / max(present.size, 1)
         self.share = min(max(share, floor), 1 - floor)
-        beyond = np.concatenate([[0], np.cumsum(outside)])
-        seen = np.concatenate([[0], np.cumsum(~gap)])
-        k, m = beyond[starts + n] - beyond[starts], seen[starts + n] - seen[starts]
+        k, m = window_sums(outside, starts, n), window_sums(~gap, starts, n)
         self.threshold = calibrate(
             binomial_z2(k, m, self.share),
             1.0,
@@ -491,14 +492,14 @@ class _Tails:
         )
         self.band = BinomialBand(self.share, self.threshold.value)
 
-    def check(self, feature: _Feature, present: Floats) -> Finding | None:
+    def check(self, feature: str, present: Floats) -> Finding | None:
         k = int(((present < self.low) | (present > self.high)).sum())
         if self.band.passes(k, present.size):
             return None
         z2 = self.band.z2(k, present.size)
         live = k / present.size
         return Finding(
-            feature.name, self.name, "binomial_test", math.sqrt(z2),
+            feature, self.name, "binomial_test", math.sqrt(z2),
             math.sqrt(self.threshold.value),
             {"reference_tail_share": round(self.share, 4), "live_tail_share": round(live, 4),
              "z": round(math.copysign(math.sqrt(z2), live - self.share), 2)},
@@ -603,10 +604,8 @@ class MultivariateDrift:
         self.step = step or max(1, window // 20)
         self.mean, self.std = mean[keep], std[keep]
         self.enabled = keep.size >= 2 and matrix.shape[0] >= 2
-        self._errors = np.zeros(0)
         self._residuals = np.zeros((0, keep.size))
         self._pending: list[Floats] = []
-        self.seen = 0
         if not self.enabled:
             self.components = np.zeros((0, keep.size))
             self.threshold = Threshold(math.inf, 1.0, None, 0)
@@ -624,8 +623,7 @@ class MultivariateDrift:
         self.error_std = float(errors.std()) or 1e-12
         self.residual_power = (residuals**2).mean(axis=0)
         starts = window_starts(errors.size, window, self.step)
-        sums = np.concatenate([[0.0], np.cumsum(errors)])
-        z = ((sums[starts + window] - sums[starts]) / window - self.error_mean) / (
+        z = (window_sums(errors, starts, window) / window - self.error_mean) / (
             self.error_std / math.sqrt(window)
         )
         # A one-sided z of 5; in squared units to share `calibrate` with the other checks.
@@ -654,7 +652,6 @@ class MultivariateDrift:
         if not self.enabled:
             return None
         self._pending.append(row)
-        self.seen += 1
         if len(self._pending) < self.step:
             return None
         return self.flush()
@@ -666,17 +663,15 @@ class MultivariateDrift:
         self._pending = []
         residuals = self._residual(self._standardise(block))
         self._residuals = np.concatenate([self._residuals, residuals])[-self.window :]
-        self._errors = np.concatenate([self._errors, np.sqrt((residuals**2).sum(axis=1))])[
-            -self.window :
-        ]
-        if self._errors.size < self.window:
+        if self._residuals.shape[0] < self.window:
             return None
-        live = float(self._errors.mean())
+        squared = self._residuals**2
+        live = float(np.sqrt(squared.sum(axis=1)).mean())
         z = (live - self.error_mean) / (self.error_std / math.sqrt(self.window))
         if z <= 0 or z * z <= self.threshold.value:
             return None
         # Contributions: each feature's share of the rise in squared residual.
-        rise = (self._residuals**2).mean(axis=0) - self.residual_power
+        rise = squared.mean(axis=0) - self.residual_power
         order = np.argsort(-rise)[:5]
         positive = float(np.clip(rise, 0, None).sum()) or 1.0
         return Finding(
@@ -720,10 +715,12 @@ class ReferenceDrift:
         self.multivariate = MultivariateDrift(
             [self.names[j] for j in self.numeric], matrix, window=multivariate_window
         )
-        self.seen = 0
+
+    @property
+    def seen(self) -> int:
+        return self.univariate.seen
 
     def update(self, row: Sequence[Any]) -> list[Finding]:
-        self.seen += 1
         found = self.univariate.update(row)
         if self.multivariate.enabled:
             numbers = np.array([row[j] for j in self.numeric], dtype=np.float64)
@@ -744,6 +741,3 @@ class ReferenceDrift:
             and moments[0].threshold.inflation <= CYCLIC_INFLATION
         ]  # fmt: skip
         return steady if len(steady) >= 2 else numeric
-
-    def restart_window(self) -> None:
-        self.univariate.restart()

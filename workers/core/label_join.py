@@ -73,12 +73,12 @@ class Outcome:
     @property
     def error(self) -> float | None:
         """actual - predicted for a regressor; None when either is no number (a bad label)."""
-        if not self.regression or not _is_number(self.actual) or not _is_number(self.predicted):
+        if not self.regression or not is_number(self.actual) or not is_number(self.predicted):
             return None
         return float(self.actual) - float(self.predicted)
 
 
-def _is_number(value: object) -> bool:
+def is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 

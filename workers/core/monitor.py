@@ -42,7 +42,13 @@ from workers.core.estimation import (
 )
 from workers.core.events import EpochMillis, EventId
 from workers.core.kind_drift import KindDrift
-from workers.core.label_join import JoinCounters, LabelJoin, Outcome, PendingPrediction
+from workers.core.label_join import (
+    JoinCounters,
+    LabelJoin,
+    Outcome,
+    PendingPrediction,
+    is_number,
+)
 from workers.core.performance import RollingError, RollingPerformance
 
 # A class, or a regressor's predicted / true value.
@@ -151,7 +157,6 @@ class PredictionChecks:
     estimate: EstimatedPerformance
     # Realized beside estimated accuracy over the same joined outcomes.
     check: EstimateCheck
-    seen: int = 0
 
 
 @dataclass(slots=True)
@@ -253,17 +258,17 @@ class MonitorState:
         """Prediction drift and the estimate; the prediction's chance of being right."""
         key = (p.model_name, p.model_version)
         rules = self.config.rules
+        probabilities = None if p.probabilities is None else list(p.probabilities.values())
         if checks.drift is not None:
-            checks.seen += 1
-            found = checks.drift.update((_score(checks.score_kind, p),))
+            found = checks.drift.update((_score(checks.score_kind, p.label, probabilities),))
             if found:
                 alerts += checks.alerts.on_moved(
-                    rules, found, checks.seen, self._joined(key), now_ms,
+                    rules, found, checks.drift.seen, self._joined(key), now_ms,
                     detector=PREDICTION_DRIFT,
                 )  # fmt: skip
-        if checks.calibration is None or p.probabilities is None:
+        if checks.calibration is None or probabilities is None:
             return None
-        chance = expected(checks.calibration, list(p.probabilities.values()))
+        chance = expected(checks.calibration, probabilities)
         if chance is None:
             return None
         checks.estimate.add(chance)
@@ -489,15 +494,11 @@ class MonitorState:
         return out
 
 
-def _score(kind: str | None, p: PredictionIn) -> Any:  # noqa: ANN401 - a number or a class
+def _score(kind: str | None, label: LabelValue, probabilities: list[float] | None) -> Any:  # noqa: ANN401 - a number or a class
     """What prediction drift follows: the positive class's probability, a regressor's value,
     or the predicted class."""
     if kind == "positive_probability":
-        values = list(p.probabilities.values()) if p.probabilities is not None else []
-        return values[1] if len(values) == 2 else None
+        return probabilities[1] if probabilities is not None and len(probabilities) == 2 else None
     if kind == "predicted_value":
-        label = p.label
-        return (
-            float(label) if isinstance(label, int | float) and not isinstance(label, bool) else None
-        )
-    return p.label
+        return float(label) if is_number(label) else None
+    return label
