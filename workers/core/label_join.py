@@ -50,6 +50,9 @@ class PendingPrediction(msgspec.Struct, frozen=True, gc=False):
     regression: bool = False
     # The chance it is right, estimated from its probabilities (CBPE); None without one.
     expected: float | None = None
+    # What the join stage passes on in its Outcome records (None in a one-process monitor).
+    score: float | None = None
+    features: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +68,9 @@ class Outcome:
     positive: str | None
     regression: bool = False
     expected: float | None = None
+    label_time: int | None = None
+    score: float | None = None
+    features: dict[str, Any] | None = None
 
     @property
     def correct(self) -> bool:
@@ -76,6 +82,17 @@ class Outcome:
         if not self.regression or not is_number(self.actual) or not is_number(self.predicted):
             return None
         return float(self.actual) - float(self.predicted)
+
+
+@dataclass(frozen=True, slots=True)
+class Unjoined:
+    """A prediction that expired (or was evicted) without its label, or a label that did
+    without its prediction (`prediction` None)."""
+
+    event_id: str
+    prediction: PendingPrediction | None
+    label: Label | None
+    label_time: int | None
 
 
 def is_number(value: object) -> bool:
@@ -222,6 +239,10 @@ class LabelJoin:
     # source that stops bringing labels holds expiry back, as a labels topic without new
     # labels always has).
     source_clocks: dict[int, int] = field(default_factory=dict)
+    # The join stage passes on what leaves unjoined: with `emitting`, each prediction that
+    # expires or is evicted and each label that does is kept in `emitted` until drained.
+    emitting: bool = False
+    emitted: list[Unjoined] = field(default_factory=list)
 
     def __setstate__(self, state: Any) -> None:  # noqa: ANN401 - what pickle hands over
         """Checkpoints written before a field existed get it on load (the expiry indexes built
@@ -233,6 +254,8 @@ class LabelJoin:
             self.forwarded = {}
         if not hasattr(self, "source_clocks"):
             self.source_clocks = {}
+        if not hasattr(self, "emitting"):
+            self.emitting, self.emitted = False, []
         if not hasattr(self, "prediction_expiry"):
             self.prediction_expiry = ExpiryIndex()
             for event_id, pending in self.predictions.items():
@@ -267,11 +290,13 @@ class LabelJoin:
         waiting = self.labels.pop(event_id, None)
         if waiting is not None:
             self.label_expiry.left(waiting[1], self._label_time)
-            return self._join(event_id, prediction, waiting[0])
+            return self._join(event_id, prediction, *waiting)
         if len(self.predictions) >= self.max_pending:
-            _, evicted = self.predictions.popitem(last=False)
+            evicted_id, evicted = self.predictions.popitem(last=False)
             self.prediction_expiry.left(evicted.event_time, self._prediction_time)
             self.counters.evicted_predictions += 1
+            if self.emitting:
+                self.emitted.append(Unjoined(evicted_id, evicted, None, None))
         self.predictions[event_id] = prediction
         self.prediction_expiry.add(event_id, prediction.event_time)
         return None
@@ -292,7 +317,7 @@ class LabelJoin:
         prediction = self.predictions.pop(event_id, None)
         if prediction is not None:
             self.prediction_expiry.left(prediction.event_time, self._prediction_time)
-            return self._join(event_id, prediction, label)
+            return self._join(event_id, prediction, label, label_time)
         state = self.settled.get(event_id)
         if state == _EXPIRED:
             self.counters.late_labels += 1
@@ -301,9 +326,11 @@ class LabelJoin:
             self.counters.duplicate_labels += 1
             return None
         if len(self.labels) >= self.max_pending:
-            _, (_, evicted_time) = self.labels.popitem(last=False)
+            evicted_id, (evicted_label, evicted_time) = self.labels.popitem(last=False)
             self.label_expiry.left(evicted_time, self._label_time)
             self.counters.evicted_labels += 1
+            if self.emitting:
+                self.emitted.append(Unjoined(evicted_id, None, evicted_label, evicted_time))
         self.labels[event_id] = (label, label_time)
         self.label_expiry.add(event_id, label_time)
         return None
@@ -314,7 +341,9 @@ class LabelJoin:
         self.label_clock = max(self.label_clock, watermark)
         self._advance(watermark)
 
-    def _join(self, event_id: str, prediction: PendingPrediction, label: Label) -> Outcome:
+    def _join(
+        self, event_id: str, prediction: PendingPrediction, label: Label, label_time: int
+    ) -> Outcome:
         self.counters.joined += 1
         self._settle(event_id, _JOINED)
         return Outcome(
@@ -327,6 +356,9 @@ class LabelJoin:
             positive=prediction.positive,
             regression=prediction.regression,
             expected=prediction.expected,
+            label_time=label_time,
+            score=prediction.score,
+            features=prediction.features,
         )
 
     def _settle(self, event_id: str, state: int) -> None:
@@ -346,10 +378,14 @@ class LabelJoin:
         )
 
     def _expire_prediction(self, event_id: str) -> None:
-        del self.predictions[event_id]
+        prediction = self.predictions.pop(event_id)
         self.counters.expired_without_label += 1
         self._settle(event_id, _EXPIRED)
+        if self.emitting:
+            self.emitted.append(Unjoined(event_id, prediction, None, None))
 
     def _expire_label(self, event_id: str) -> None:
-        del self.labels[event_id]
+        label, label_time = self.labels.pop(event_id)
         self.counters.orphan_labels += 1
+        if self.emitting:
+            self.emitted.append(Unjoined(event_id, None, label, label_time))

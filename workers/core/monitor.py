@@ -227,7 +227,7 @@ class MonitorState:
         )
         outcome = self.join_for(partition).add_prediction(p.event_id, pending)
         if outcome is not None:
-            alerts += self._on_outcome(outcome, now_ms)
+            alerts += self.on_outcome(outcome, now_ms)
         return alerts
 
     def _checks_for(self, model_name: str, model_version: int) -> PredictionChecks | None:
@@ -332,7 +332,7 @@ class MonitorState:
         outcome = self.join_for(partition).add_label(
             label.event_id, label.label, label_time, source
         )
-        return [] if outcome is None else self._on_outcome(outcome, now_ms)
+        return [] if outcome is None else self.on_outcome(outcome, now_ms)
 
     def _on_regression_outcome(self, outcome: Outcome, now_ms: int) -> list[Alert]:
         error = outcome.error
@@ -369,7 +369,7 @@ class MonitorState:
         self._count(alerts)
         return alerts
 
-    def _on_outcome(self, outcome: Outcome, now_ms: int) -> list[Alert]:
+    def on_outcome(self, outcome: Outcome, now_ms: int) -> list[Alert]:
         if outcome.regression:
             return self._on_regression_outcome(outcome, now_ms)
         key = (outcome.model_name, outcome.model_version)

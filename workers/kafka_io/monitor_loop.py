@@ -668,16 +668,7 @@ class MonitorWorker:
             self.metrics.consumed.labels(streams.get(topic, "features")).inc(count)
 
     def _raise(self, alert: Alert) -> None:
-        if self.settings.redact_features:
-            alert = redacted(alert)
-        fields: dict[str, Any] = {k: v for k, v in alert.fields().items() if v is not None}
-        name = fields.pop("alert")
-        # A log filter on level must catch a critical alert: the level is its severity.
-        getattr(alert_log, LOG_LEVEL_OF_SEVERITY.get(alert.severity, "warning"))(
-            name, alert=name, **fields
-        )
-        self.metrics.alerts.labels(name).inc()
-        encoded = msgspec.json.encode(alert)
+        encoded = announce(alert, self.metrics, redact=self.settings.redact_features)
         if self.settings.exactly_once:
             self._outbox.append((alert.model_name.encode(), encoded, time.time_ns() // 1_000_000))
             return
@@ -780,32 +771,8 @@ class MonitorWorker:
     def _refresh_metrics(self) -> tuple[dict[str, int], dict[str, dict[str, Any]]]:
         """Swap in a new metrics snapshot; return the counters and per-version metrics it was
         made from (the summary line logs the same)."""
-        lags = partition_lags(self.consumer)
         counters, versions = self.state.counters(), self.state.metrics()
-        joined: dict[tuple[str, str], int] = {}
-        accuracy: dict[tuple[str, str], float] = {}
-        mae: dict[tuple[str, str], float] = {}
-        rmse: dict[tuple[str, str], float] = {}
-        estimated: dict[tuple[str, str], float] = {}
-        gap: dict[tuple[str, str], float] = {}
-        for key, values in versions.items():
-            model, version = key.rsplit("/v", 1)
-            joined[(model, version)] = values["joined"]
-            for gauge, field_name in ((accuracy, "window_accuracy"), (mae, "window_mae"),
-                                      (rmse, "window_rmse"), (estimated, "estimated_accuracy"),
-                                      (gap, "estimation_gap")):  # fmt: skip
-                if values.get(field_name) is not None:
-                    gauge[(model, version)] = values[field_name]
-        self.metrics.snapshot.snapshot = MetricsSnapshot(
-            lag=self.metrics.snapshot.snapshot.lag if lags is None else lags,
-            counters=counters,
-            accuracy=accuracy,
-            version_joined=joined,
-            mae=mae,
-            rmse=rmse,
-            estimated_accuracy=estimated,
-            estimation_gap=gap,
-        )
+        publish_metrics(self.metrics, partition_lags(self.consumer), counters, versions)
         return counters, versions
 
     def _log_summary(self) -> None:
@@ -817,3 +784,50 @@ class MonitorWorker:
             versions=versions,
             alerts=dict(self.state.alerts_raised),
         )
+
+
+def announce(alert: Alert, metrics: MonitorMetrics, *, redact: bool) -> bytes:
+    """Log an alert (its level is its severity), count it; return the record to publish."""
+    if redact:
+        alert = redacted(alert)
+    fields: dict[str, Any] = {k: v for k, v in alert.fields().items() if v is not None}
+    name = fields.pop("alert")
+    # A log filter on level must catch a critical alert: the level is its severity.
+    getattr(alert_log, LOG_LEVEL_OF_SEVERITY.get(alert.severity, "warning"))(
+        name, alert=name, **fields
+    )
+    metrics.alerts.labels(name).inc()
+    return msgspec.json.encode(alert)
+
+
+def publish_metrics(
+    metrics: MonitorMetrics,
+    lags: dict[tuple[str, int], int] | None,
+    counters: dict[str, int],
+    versions: dict[str, dict[str, Any]],
+) -> None:
+    """Swap in a new metrics snapshot made from these counters and per-version metrics."""
+    joined: dict[tuple[str, str], int] = {}
+    accuracy: dict[tuple[str, str], float] = {}
+    mae: dict[tuple[str, str], float] = {}
+    rmse: dict[tuple[str, str], float] = {}
+    estimated: dict[tuple[str, str], float] = {}
+    gap: dict[tuple[str, str], float] = {}
+    for key, values in versions.items():
+        model, version = key.rsplit("/v", 1)
+        joined[(model, version)] = values["joined"]
+        for gauge, field_name in ((accuracy, "window_accuracy"), (mae, "window_mae"),
+                                  (rmse, "window_rmse"), (estimated, "estimated_accuracy"),
+                                  (gap, "estimation_gap")):  # fmt: skip
+            if values.get(field_name) is not None:
+                gauge[(model, version)] = values[field_name]
+    metrics.snapshot.snapshot = MetricsSnapshot(
+        lag=metrics.snapshot.snapshot.lag if lags is None else lags,
+        counters=counters,
+        accuracy=accuracy,
+        version_joined=joined,
+        mae=mae,
+        rmse=rmse,
+        estimated_accuracy=estimated,
+        estimation_gap=gap,
+    )

@@ -1,0 +1,661 @@
+"""The monitor split in two stages over Kafka, for more than one machine.
+
+`join`: predictions and labels (re-keyed by event_id onto the repartition topic, as the
+one-process monitor does) meet per partition; every joined pair, expired prediction and orphan
+label becomes an Outcome record on the outcomes topic, keyed by model version. `aggregate`:
+reads the outcomes and keeps each version's rolling metrics, concept drift and alerts, so a
+version's figures are global whichever partitions its events came through.
+
+Each stage keeps its state per partition of what it consumes and writes it, with the offsets it
+covers, to a compacted changelog topic at every checkpoint: a partition resumes on any instance
+on any machine from its last snapshot. Exactly-once, the snapshot, the outputs since the last
+checkpoint and the consumed offsets commit in one transaction; at-least-once, outputs are
+acknowledged before the snapshot that covers them is written, so a crash repeats some outcomes
+(which the aggregate stage recognises and counts) and loses none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
+from typing import Any, Generic, TypeVar
+
+import msgspec
+import structlog
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from workers.core.monitor import LABEL_KEY_DECODER, MonitorConfig
+from workers.core.outcomes import (
+    OUTCOME_ENCODER,
+    AggregatePartition,
+    JoinPartition,
+    sum_counters,
+)
+from workers.kafka_io.admin import create_topics, list_topics
+from workers.kafka_io.changelog import (
+    CHANGELOG_CONFIG,
+    new_writer_id,
+    partition_count,
+    read_snapshots,
+    snapshot_records,
+)
+from workers.kafka_io.clients import (
+    TXN_CALL_LIMIT_S,
+    AdminAccess,
+    CallStuck,
+    bounded_call,
+    init_transactions,
+    make_consumer,
+    make_producer,
+    partition_lags,
+    redact,
+)
+from workers.kafka_io.monitor_loop import (
+    MonitorStartupError,
+    _source,
+    announce,
+    publish_metrics,
+)
+from workers.metrics import REFRESH_INTERVAL_S, MetricsServer, MonitorMetrics
+from workers.process_tuning import tune_process
+
+log = structlog.get_logger("scorestream.monitor")
+
+# At-least-once: outcomes per aggregate partition remembered to recognise a repeat.
+DEDUPE_OUTCOMES = 200_000
+
+
+@dataclass(frozen=True, slots=True)
+class StageSettings:
+    bootstrap_servers: str
+    predictions_topic: str
+    labels_topic: str
+    alerts_topic: str
+    outcomes_topic: str
+    group_id: str
+    kafka_config: dict[str, str]
+    config: MonitorConfig
+    instance_id: str
+    exactly_once: bool = False
+    batch_size: int = 1000
+    checkpoint_interval_s: float = 5.0
+    log_interval_s: float = 10.0
+    metrics_port: int | None = None
+    redact_features: bool = False
+
+    @property
+    def repartition_topic(self) -> str:
+        return f"{self.group_id}-labels-repartition"
+
+    @property
+    def join_changelog(self) -> str:
+        return f"{self.group_id}-join-changelog"
+
+    @property
+    def aggregate_group(self) -> str:
+        return f"{self.group_id}-aggregate"
+
+    @property
+    def aggregate_changelog(self) -> str:
+        return f"{self.group_id}-aggregate-changelog"
+
+
+P = TypeVar("P", JoinPartition, AggregatePartition)
+
+
+class StageWorker(ABC, Generic[P]):
+    """A consumer group member whose state is per partition and lives in a changelog."""
+
+    stage: str
+    group: str
+    changelog: str
+    # Topics whose partition n feeds state n (their offsets are stored in it).
+    state_topics: frozenset[str]
+
+    def __init__(self, settings: StageSettings) -> None:
+        self.settings = s = settings
+        self.config = settings.config
+        self.metrics = MonitorMetrics()
+        self.parts: dict[int, P] = {}
+        self.dirty: set[int] = set()
+        # Next offsets of the topics that carry no state (the labels, before re-keying).
+        self.loose: dict[tuple[str, int], int] = {}
+        self.assigned: list[TopicPartition] = []
+        self.writer = new_writer_id()
+        self.seq = 0
+        self.txn_open = False
+        self.failed: KafkaError | None = None
+        self.transactional_id = (
+            f"{self.group}.{self.stage}.{s.instance_id}" if s.exactly_once else None
+        )
+        self.abandoned_producers: list[Producer] = []
+        self.producer = self.new_producer()
+        self.consumer: Consumer = make_consumer(
+            s.bootstrap_servers,
+            s.kafka_config,
+            defaults={
+                "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 50,
+                "fetch.queue.backoff.ms": 10,
+                "max.partition.fetch.bytes": 262_144,
+            },
+            required={
+                "group.id": self.group,
+                # Range gives partition n of every subscribed topic to one member.
+                "partition.assignment.strategy": "range",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+            },
+            name=f"{self.stage}-consumer",
+        )
+        self.last_counters: dict[str, int] = {}
+
+    # -- what a stage is --------------------------------------------------------------------
+
+    @abstractmethod
+    def topics(self) -> list[str]: ...
+
+    @abstractmethod
+    def new_partition(self) -> P: ...
+
+    @abstractmethod
+    def prepare_topics(self, admin_config: dict[str, Any]) -> None:
+        """Check the inputs, create what the stage owns; MonitorStartupError names a fix."""
+
+    @abstractmethod
+    def handle(self, msg: Message, topic: str, partition: int, offset: int, now_ms: int) -> None:
+        """One record: update state, produce outputs."""
+
+    @abstractmethod
+    def summary(self) -> tuple[dict[str, int], dict[str, dict[str, Any]], dict[str, int]]:
+        """Counters, per-version metrics and alerts raised, over the partitions held."""
+
+    # -- producing -------------------------------------------------------------------------
+
+    def new_producer(self) -> Producer:
+        s = self.settings
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None and self.failed is None:
+                self.failed = err
+
+        required: dict[str, Any] = {
+            "enable.idempotence": True,
+            "acks": "all",
+            # The Java clients' hashing: a label lands on its prediction's partition, and a
+            # version's outcomes where any Java or Kafka Streams producer would put them.
+            "partitioner": "murmur2_random",
+            "on_delivery": on_delivery,
+            "delivery.report.only.error": True,
+        }
+        if self.transactional_id is not None:
+            required["transactional.id"] = self.transactional_id
+        else:
+            # In order without gaps per partition: a label forwarded twice after a restart
+            # is recognised by its source offset.
+            required["enable.gapless.guarantee"] = True
+        return make_producer(s.bootstrap_servers, s.kafka_config, defaults={"linger.ms": 5},
+                             required=required, name=f"{self.stage}-producer")  # fmt: skip
+
+    def produce(  # noqa: PLR0913 - what a record is
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        *,
+        partition: int = -1,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
+        timestamp: int = 0,
+    ) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value, key, partition=partition, headers=headers,
+                                      timestamp=timestamp)  # fmt: skip
+            except BufferError:
+                self.producer.poll(0.1)
+            else:
+                return
+
+    # -- state in the changelog -------------------------------------------------------------
+
+    def _restore(self, partitions: list[int]) -> None:
+        s = self.settings
+        blobs = read_snapshots(s.bootstrap_servers, s.kafka_config, self.changelog, partitions)
+        for p in partitions:
+            blob = blobs.get(p)
+            restored = None if blob is None else pickle.loads(blob)  # noqa: S301 - our own topic
+            self.parts[p] = self.adopt(restored) if restored is not None else self.new_partition()
+        log.info("state_restored", stage=self.stage, changelog=self.changelog,
+                 partitions=sorted(partitions), from_snapshot=sorted(blobs))  # fmt: skip
+
+    def adopt(self, restored: P) -> P:
+        """A restored partition, under this instance's settings."""
+        return restored
+
+    def _positions(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """Where each partition resumes: its snapshot's offset, else the committed one."""
+        out = []
+        for tp in partitions:
+            part = self.parts.get(tp.partition) if tp.topic in self.state_topics else None
+            stored = None if part is None else part.offsets.get(tp.topic)
+            out.append(TopicPartition(tp.topic, tp.partition, tp.offset if stored is None
+                                      else stored))  # fmt: skip
+        return out
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._restore(sorted({tp.partition for tp in partitions if tp.topic in self.state_topics}))
+        self.assigned = self._positions(partitions)
+        consumer.assign(self.assigned)
+        log.info("partitions_assigned", stage=self.stage, partitions=[
+            f"{tp.topic}[{tp.partition}]" + (f" from offset {tp.offset} (changelog)"
+                                             if tp.offset >= 0 else "")
+            for tp in self.assigned])  # fmt: skip
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.checkpoint()
+        self._drop()
+        consumer.unassign()
+        log.info("partitions_revoked", stage=self.stage,
+                 partitions=[f"{tp.topic}[{tp.partition}]" for tp in partitions])  # fmt: skip
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Another member owns them already: nothing of theirs may be committed from here."""
+        self._abort()
+        self._drop()
+        consumer.unassign()
+        log.warning("partitions_lost", stage=self.stage,
+                    partitions=[f"{tp.topic}[{tp.partition}]" for tp in partitions])  # fmt: skip
+
+    def _drop(self) -> None:
+        self.parts.clear()
+        self.dirty.clear()
+        self.loose.clear()
+        self.assigned = []
+
+    def _reload(self, reason: str) -> None:
+        """Back to the last checkpoint of every partition held: its records are read again."""
+        self._abort()
+        held = sorted({tp.partition for tp in self.assigned if tp.topic in self.state_topics})
+        self.parts.clear()
+        self.dirty.clear()
+        self.loose.clear()
+        self._restore(held)
+        committed: dict[tuple[str, int], int] = {}
+        with contextlib.suppress(KafkaException):
+            for tp in self.consumer.committed(self.assigned, timeout=30):
+                committed[(tp.topic, tp.partition)] = tp.offset
+        for tp in self._positions(self.assigned):
+            offset = tp.offset if tp.offset >= 0 else committed.get((tp.topic, tp.partition), -1)
+            if offset < 0:
+                continue  # never committed: already reading from the start
+            with contextlib.suppress(KafkaException):
+                self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+        log.warning("state_reloaded", stage=self.stage, reason=reason,
+                    to="the last checkpoint; records since are read again")  # fmt: skip
+
+    def _abort(self) -> None:
+        if not self.txn_open:
+            return
+        self.txn_open = False
+        try:
+            self.producer.abort_transaction(10)
+        except KafkaException as exc:
+            log.warning("abort_failed", reason=exc.args[0].str())
+            self._fresh_producer()
+
+    def _fresh_producer(self) -> None:
+        with contextlib.suppress(KafkaException):
+            self.producer.purge()
+            self.producer.flush(0)
+        self.producer = self.new_producer()
+        self.failed = None
+        if self.transactional_id is not None:
+            try:
+                bounded_call(lambda: self.producer.init_transactions(30), TXN_CALL_LIMIT_S)
+            except (KafkaException, CallStuck) as exc:
+                log.warning("init_transactions_failed", reason=str(exc))
+
+    def _snapshots(self) -> None:
+        for p in sorted(self.dirty):
+            part = self.parts.get(p)
+            if part is None:
+                continue
+            self.seq += 1
+            blob = pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL)
+            for key, value in snapshot_records(p, self.writer, self.seq, blob):
+                self.produce(self.changelog, value, key, partition=p)
+
+    def _offsets(self) -> list[TopicPartition]:
+        out = [TopicPartition(t, p, o) for (t, p), o in self.loose.items()]
+        for p, part in self.parts.items():
+            out += [TopicPartition(t, p, o) for t, o in part.offsets.items()]
+        return out
+
+    def checkpoint(self) -> bool:
+        """Snapshots of what changed, with the outputs and offsets they cover; True once in."""
+        if self.settings.exactly_once:
+            return self._checkpoint_transaction()
+        self.producer.flush(30)
+        if self.failed is None and self.dirty:
+            self._snapshots()
+            self.producer.flush(30)
+        if self.failed is not None or len(self.producer) > 0:
+            reason = "not acknowledged" if self.failed is None else self.failed.str()
+            self.failed = None
+            log.error("checkpoint_failed", stage=self.stage, reason=reason,
+                      fix="check that this client may write the outcomes, alerts and "
+                      "changelog topics")  # fmt: skip
+            self._fresh_producer()
+            self._reload(f"an output was not delivered: {reason}")
+            return False
+        self.dirty.clear()
+        offsets = self._offsets()
+        if offsets:
+            try:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:  # the snapshots hold the offsets: only lag shows it
+                log.warning("commit_failed", reason=str(exc))
+        return True
+
+    def _checkpoint_transaction(self) -> bool:
+        if not self.txn_open and not self.dirty and not self.loose:
+            return True
+        if not self.txn_open:
+            self.producer.begin_transaction()
+            self.txn_open = True
+        producer, offsets = self.producer, self._offsets()
+        try:
+            self._snapshots()
+            group = self.consumer.consumer_group_metadata()
+
+            def commit() -> None:
+                if offsets:
+                    producer.send_offsets_to_transaction(offsets, group, 30)
+                producer.commit_transaction(30)
+
+            bounded_call(commit, TXN_CALL_LIMIT_S)
+        except (KafkaException, CallStuck) as exc:
+            reason = exc.args[0].str() if isinstance(exc, KafkaException) else "stuck"
+            log.error("transaction_failed", stage=self.stage, reason=reason)
+            self.txn_open = False
+            if isinstance(exc, CallStuck):
+                self.abandoned_producers.append(self.producer)
+            else:
+                with contextlib.suppress(KafkaException):
+                    producer.abort_transaction(10)
+            self._fresh_producer()
+            self._reload(f"the transaction did not commit: {reason}")
+            return False
+        self.txn_open = False
+        self.dirty.clear()
+        return True
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        s = self.settings
+        tune_process()
+        admin = AdminAccess(s.bootstrap_servers, s.kafka_config)
+        if not admin.retry_until_ready(self.prepare_topics, stop, what="topics"):
+            self.consumer.close()
+            return
+        log.info("monitor_started", stage=self.stage, topics=self.topics(), group_id=self.group,
+                 changelog=self.changelog, outcomes_topic=s.outcomes_topic,
+                 instance_id=s.instance_id, exactly_once=s.exactly_once,
+                 kafka_config=redact(s.kafka_config))  # fmt: skip
+        if s.exactly_once and not init_transactions(
+            self, stop, bootstrap_servers=s.bootstrap_servers
+        ):
+            self.consumer.close()
+            return
+        server = None
+        if s.metrics_port is not None:
+            server = MetricsServer(s.metrics_port, self.metrics.registry,
+                                   lambda: bool(self.assigned))  # fmt: skip
+            server.start()
+        self.consumer.subscribe(self.topics(), on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)  # fmt: skip
+        try:
+            self._loop(stop)
+        finally:
+            try:
+                self.checkpoint()
+                self._log_summary()
+            finally:
+                self.consumer.close()
+                self.producer.flush(10)
+                if server is not None:
+                    server.stop()
+                log.info("monitor_stopped", stage=self.stage, **self.last_counters)
+
+    def _loop(self, stop: threading.Event) -> None:
+        s = self.settings
+        next_checkpoint = time.monotonic() + s.checkpoint_interval_s
+        next_summary = time.monotonic() + s.log_interval_s
+        next_refresh = time.monotonic() + REFRESH_INTERVAL_S
+        while not stop.is_set():
+            msgs = self.consumer.consume(num_messages=s.batch_size, timeout=0.1)
+            if msgs:
+                self._process(msgs)
+            now = time.monotonic()
+            if now >= next_refresh:
+                self._refresh_metrics()
+                next_refresh = now + REFRESH_INTERVAL_S
+            if now >= next_checkpoint:
+                self.checkpoint()
+                next_checkpoint = now + s.checkpoint_interval_s
+            if now >= next_summary:
+                self._log_summary()
+                next_summary = now + s.log_interval_s
+
+    def _process(self, msgs: list[Message]) -> None:
+        if self.settings.exactly_once and not self.txn_open:
+            self.producer.begin_transaction()
+            self.txn_open = True
+        now_ms = time.time_ns() // 1_000_000
+        seen: dict[str, int] = {}
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:  # noqa: SLF001
+                    log.warning("consume_error", code=err.name(), reason=err.str())
+                continue
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            if topic is None or partition is None or offset is None:
+                continue
+            seen[topic] = seen.get(topic, 0) + 1
+            if topic in self.state_topics:
+                part = self.parts.get(partition)
+                if part is None:
+                    part = self.parts[partition] = self.new_partition()
+                self.handle(msg, topic, partition, offset, now_ms)
+                part.offsets[topic] = offset + 1
+                self.dirty.add(partition)
+            else:
+                self.handle(msg, topic, partition, offset, now_ms)
+                self.loose[(topic, partition)] = offset + 1
+        self.producer.poll(0)
+        for topic, count in seen.items():
+            self.metrics.consumed.labels(self.stream_name(topic)).inc(count)
+
+    def stream_name(self, topic: str) -> str:
+        return topic
+
+    def _refresh_metrics(self) -> tuple[dict[str, int], dict[str, dict[str, Any]], dict[str, int]]:
+        counters, versions, alerts = self.summary()
+        publish_metrics(self.metrics, partition_lags(self.consumer), counters, versions)
+        return counters, versions, alerts
+
+    def _log_summary(self) -> None:
+        counters, versions, alerts = self._refresh_metrics()
+        self.last_counters = counters
+        log.info("monitor_summary", stage=self.stage, **counters, versions=versions,
+                 alerts=alerts, partitions=sorted(self.parts))  # fmt: skip
+
+
+def _ensure(
+    settings: StageSettings, config: dict[str, Any], wanted: dict[str, int], compact: set[str]
+) -> None:
+    """Create the topics of `wanted` that do not exist; those that do must have its count."""
+    s = settings
+    metadata = list_topics(s.bootstrap_servers, config, timeout_s=10)
+    for topic, partitions in wanted.items():
+        have = partition_count(metadata, topic)
+        if have is None:
+            create_topics(s.bootstrap_servers, {topic: partitions},
+                          config=CHANGELOG_CONFIG if topic in compact else None,
+                          client_config=config)  # fmt: skip
+            log.info("topics_created", topics=[topic], partitions=partitions)
+        elif have != partitions:
+            raise MonitorStartupError(
+                f"{topic!r} has {have} partitions where {partitions} are needed: it is the "
+                "monitor's own (delete it to start its state over) or use another --group-id"
+            )
+
+
+class JoinStage(StageWorker[JoinPartition]):
+    stage = "join"
+
+    def __init__(self, settings: StageSettings) -> None:
+        self.group = settings.group_id
+        self.changelog = settings.join_changelog
+        self.state_topics = frozenset({settings.predictions_topic, settings.repartition_topic})
+        self.bad_labels = 0  # labels that are no Label, counted where first read
+        super().__init__(settings)
+
+    def topics(self) -> list[str]:
+        s = self.settings
+        return [s.predictions_topic, s.labels_topic, s.repartition_topic]
+
+    def new_partition(self) -> JoinPartition:
+        return JoinPartition.new(self.config)
+
+    def adopt(self, restored: JoinPartition) -> JoinPartition:
+        restored.join.max_pending = self.config.pending_per_partition
+        return restored
+
+    def prepare_topics(self, admin_config: dict[str, Any]) -> None:
+        s = self.settings
+        metadata = list_topics(s.bootstrap_servers, admin_config, timeout_s=10)
+        missing = [t for t in (s.predictions_topic, s.labels_topic)
+                   if partition_count(metadata, t) is None]  # fmt: skip
+        if missing:
+            raise MonitorStartupError(
+                f"{' and '.join(map(repr, missing))} not found at {s.bootstrap_servers}: create "
+                f"with `scorestream topics create --bootstrap-servers {s.bootstrap_servers}` "
+                "(or start `scorestream infer`, which creates its predictions topic)"
+            )
+        partitions = partition_count(metadata, s.predictions_topic) or 1
+        existing = partition_count(metadata, s.outcomes_topic)
+        wanted = {s.repartition_topic: partitions, s.join_changelog: partitions}
+        _ensure(s, admin_config, wanted, compact={s.join_changelog})
+        if existing is None:
+            # As many as the predictions: orphans spread by event_id; a version's outcomes
+            # use one partition (one aggregate instance) whatever the count.
+            _ensure(s, admin_config, {s.outcomes_topic: partitions}, compact=set())
+        # The bound on pending events is per monitor group, split over its partitions.
+        self.config = replace(self.config, partitions=partitions)
+
+    def handle(self, msg: Message, topic: str, partition: int, offset: int, now_ms: int) -> None:
+        s = self.settings
+        if topic == s.labels_topic:
+            self._forward(msg, partition, offset)
+            return
+        part = self.parts[partition]
+        if topic == s.predictions_topic:
+            records = part.on_prediction(msg.value(), msg.timestamp()[1], now_ms)
+        else:
+            records = part.on_label(msg.value(), msg.timestamp()[1], _source(msg), now_ms)
+        for record in records:
+            self.produce(s.outcomes_topic, OUTCOME_ENCODER.encode(record), record.key)
+
+    def _forward(self, msg: Message, partition: int, offset: int) -> None:
+        """Re-key a label by event_id onto the repartition topic (see the one-process
+        monitor): it meets its prediction's partition whatever partitioner its producer
+        used. A label that is no Label is counted where it is first read."""
+        try:
+            key = _label_key(msg.value())
+        except ValueError:
+            self.bad_labels += 1
+            return
+        self.produce(self.settings.repartition_topic, msg.value() or b"", key,
+                     headers=[("scorestream.source", f"{partition}:{offset}".encode())],
+                     timestamp=max(msg.timestamp()[1], 0))  # fmt: skip
+
+    def stream_name(self, topic: str) -> str:
+        s = self.settings
+        return {s.predictions_topic: "predictions", s.labels_topic: "labels",
+                s.repartition_topic: "labels_repartitioned"}.get(topic, topic)  # fmt: skip
+
+    def summary(self) -> tuple[dict[str, int], dict[str, dict[str, Any]], dict[str, int]]:
+        counters = sum_counters([part.counters() for part in self.parts.values()])
+        counters["invalid_labels"] = counters.get("invalid_labels", 0) + self.bad_labels
+        return counters, {}, {}
+
+
+def _label_key(value: bytes | None) -> bytes:
+    try:
+        return LABEL_KEY_DECODER.decode(value or b"").event_id.encode()
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise ValueError(str(exc)) from exc
+
+
+class AggregateStage(StageWorker[AggregatePartition]):
+    stage = "aggregate"
+
+    def __init__(self, settings: StageSettings) -> None:
+        self.group = settings.aggregate_group
+        self.changelog = settings.aggregate_changelog
+        self.state_topics = frozenset({settings.outcomes_topic})
+        super().__init__(settings)
+
+    def topics(self) -> list[str]:
+        return [self.settings.outcomes_topic]
+
+    def new_partition(self) -> AggregatePartition:
+        dedupe = 0 if self.settings.exactly_once else DEDUPE_OUTCOMES
+        return AggregatePartition.new(self.config, dedupe)
+
+    def prepare_topics(self, admin_config: dict[str, Any]) -> None:
+        s = self.settings
+        metadata = list_topics(s.bootstrap_servers, admin_config, timeout_s=10)
+        partitions = partition_count(metadata, s.outcomes_topic)
+        if partitions is None:
+            raise MonitorStartupError(
+                f"{s.outcomes_topic!r} does not exist at {s.bootstrap_servers}: start "
+                "`scorestream monitor --stage join` first (it creates it), or create it"
+            )
+        _ensure(s, admin_config, {s.aggregate_changelog: partitions},
+                compact={s.aggregate_changelog})  # fmt: skip
+
+    def handle(self, msg: Message, topic: str, partition: int, offset: int, now_ms: int) -> None:
+        del topic, offset
+        s = self.settings
+        for alert in self.parts[partition].on_record(msg.value(), now_ms):
+            value = announce(alert, self.metrics, redact=s.redact_features)
+            self.produce(s.alerts_topic, value, alert.model_name.encode())
+
+    def stream_name(self, topic: str) -> str:
+        del topic
+        return "outcomes"
+
+    def summary(self) -> tuple[dict[str, int], dict[str, dict[str, Any]], dict[str, int]]:
+        counters: dict[str, int] = {"joined": 0, "expired_without_label": 0, "orphan_labels": 0}
+        counters = sum_counters([counters, *(p.counts for p in self.parts.values())])
+        versions: dict[str, dict[str, Any]] = {}
+        alerts: dict[str, int] = {}
+        for part in self.parts.values():
+            versions.update(part.state.metrics())
+            alerts = sum_counters([alerts, part.state.alerts_raised])
+        return counters, dict(sorted(versions.items())), alerts
