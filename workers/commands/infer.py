@@ -153,6 +153,15 @@ def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN4
     )
     add_option(
         infer,
+        "--emit-features",
+        environ=environ,
+        switch=True,
+        help="add each event's features (by name, gaps as null) to its Prediction, so the "
+        "monitor's join stage can put them in its Outcome records (audits, retraining sets); "
+        "off by default: it makes every Prediction as large as its event",
+    )
+    add_option(
+        infer,
         "--metrics-port",
         environ=environ,
         type=int,
@@ -191,6 +200,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         max_event_id_chars=args.max_event_id_length,
         max_features=args.max_features,
         redact_features=args.redact_features,
+        emit_features=args.emit_features,
     )
     stop = threading.Event()
     install_stop_handlers(stop)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +26,7 @@ from workers.core.drift import (
 )
 from workers.core.monitor import MonitorConfig
 from workers.kafka_io.monitor_loop import MonitorSettings, MonitorWorker
+from workers.kafka_io.stages import AggregateStage, JoinStage, StageSettings
 from workers.model_store import load_newest_good
 from workers.settings import SettingsError, add_option, default_state_dir, kafka_config
 from workers.signing import load_verifier
@@ -229,8 +231,29 @@ def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN4
         monitor,
         "--instance-id",
         environ=environ,
-        default="main",
-        help="name of this monitor's own state when several share --state-dir",
+        help="this instance's name: its own state when several `all` monitors share "
+        "--state-dir (default main); with --stage join or aggregate its transactional.id "
+        "(default the host name), so each instance of a stage needs its own",
+    )
+    add_option(
+        monitor,
+        "--stage",
+        environ=environ,
+        choices=("all", "join", "aggregate"),
+        default="all",
+        help="all: join and aggregate in this one process, state in --state-dir (one machine). "
+        "join: predictions and labels joined per partition into Outcome records on "
+        "--outcomes-topic; run any number, on any machines. aggregate: reads the outcomes and "
+        "keeps every version's metrics, drift and alerts. Both keep their state in compacted "
+        "changelog topics (GROUP-join-changelog, GROUP-aggregate-changelog), not on disk",
+    )
+    add_option(
+        monitor,
+        "--outcomes-topic",
+        environ=environ,
+        default="outcomes",
+        help="Outcome records (--stage join writes, --stage aggregate reads), keyed by "
+        "model/version; made with as many partitions as the predictions when missing",
     )
     add_option(
         monitor,
@@ -325,12 +348,44 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         checkpoint_interval_s=args.checkpoint_interval_s,
         log_interval_s=args.log_interval_s,
         metrics_port=args.metrics_port,
-        instance_id=args.instance_id,
+        instance_id=args.instance_id or "main",
         exactly_once=args.processing_guarantee == "exactly-once",
         redact_features=args.redact_features,
     )
     stop = threading.Event()
     install_stop_handlers(stop)
+    if args.stage != "all":
+        stage_worker = split_stage(args, settings)
+        stage_worker.run(stop)
+        return EXIT_OK
     worker = MonitorWorker(settings)
     worker.run(stop)
     return EXIT_OK
+
+
+def split_stage(args: argparse.Namespace, settings: MonitorSettings) -> JoinStage | AggregateStage:
+    s = settings
+    if args.stage == "join" and (args.features_topic or args.model):
+        raise SettingsError(
+            "--features-topic and --model belong to the aggregate stage: pass them to "
+            "`scorestream monitor --stage aggregate`"
+        )
+    stage_settings = StageSettings(
+        bootstrap_servers=s.bootstrap_servers,
+        predictions_topic=s.predictions_topic,
+        labels_topic=s.labels_topic,
+        alerts_topic=s.alerts_topic,
+        outcomes_topic=args.outcomes_topic,
+        group_id=s.group_id,
+        kafka_config=s.kafka_config,
+        config=s.config,
+        instance_id=args.instance_id or socket.gethostname(),
+        exactly_once=s.exactly_once,
+        checkpoint_interval_s=s.checkpoint_interval_s,
+        log_interval_s=s.log_interval_s,
+        metrics_port=s.metrics_port,
+        redact_features=s.redact_features,
+    )
+    if args.stage == "join":
+        return JoinStage(stage_settings)
+    return AggregateStage(stage_settings)

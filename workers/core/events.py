@@ -90,6 +90,8 @@ class Prediction(msgspec.Struct, omit_defaults=True, gc=False):
     scored_at: int
     # {class: probability}: a dict or a Struct generated for the model's classes.
     probabilities: Any = None
+    # `infer --emit-features`: the features the model was given, by name.
+    features: dict[str, Any] | None = None
 
 
 class EventDecoder:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 import numpy as np
@@ -28,6 +29,8 @@ class ServingModel:
     version: int
     decoder: EventDecoder
     scorer: Scorer
+    # Each Prediction carries its features (for the monitor's Outcome records).
+    emit_features: bool = False
 
 
 @dataclass(slots=True)
@@ -90,17 +93,18 @@ def score_batch(
         if not keep:
             return result
         batch = batch[keep] if isinstance(batch, np.ndarray) else batch.take(keep)
-        indices, ids, times = (
+        indices, ids, times, rows = (
             [indices[j] for j in keep],
             [ids[j] for j in keep],
             [times[j] for j in keep],
+            [rows[j] for j in keep],
         )
     try:
         scored = _checked(model.scorer.score(batch), len(indices))
     except Exception:  # noqa: BLE001 - a model failure is data: isolate the rows that cause it
-        _score_one_by_one(batch, indices, ids, times, model, scored_at_ms, result)
+        _score_one_by_one(batch, indices, ids, times, rows, model, scored_at_ms, result)
         return result
-    _encode(scored, range(len(indices)), indices, ids, times, model, scored_at_ms, result)
+    _encode(scored, range(len(indices)), indices, ids, times, rows, model, scored_at_ms, result)
     return result
 
 
@@ -170,6 +174,7 @@ def _score_one_by_one(  # noqa: PLR0913, PLR0917 - the batch columns, passed thr
     indices: list[int],
     ids: list[str],
     times: list[int],
+    rows: list[tuple[Any, ...]],
     model: ServingModel,
     scored_at_ms: int,
     result: BatchResult,
@@ -187,6 +192,7 @@ def _score_one_by_one(  # noqa: PLR0913, PLR0917 - the batch columns, passed thr
             indices[j : j + 1],
             ids[j : j + 1],
             times[j : j + 1],
+            rows[j : j + 1],
             model,
             scored_at_ms,
             result,
@@ -199,6 +205,7 @@ def _encode(  # noqa: PLR0913, PLR0917 - the batch columns, passed through
     indices: Sequence[int],
     ids: Sequence[str],
     times: Sequence[int],
+    rows: Sequence[tuple[Any, ...]],
     model: ServingModel,
     scored_at_ms: int,
     result: BatchResult,
@@ -206,6 +213,7 @@ def _encode(  # noqa: PLR0913, PLR0917 - the batch columns, passed through
     name, version = model.name, model.version
     labels, scores, probabilities = scored.labels, scored.scores, scored.probabilities
     append = result.predictions.append
+    names = model.decoder.features if model.emit_features else None
     for k, pos in enumerate(positions):
         event_id = ids[k]
         prediction = Prediction(
@@ -217,5 +225,14 @@ def _encode(  # noqa: PLR0913, PLR0917 - the batch columns, passed through
             event_time=times[k],
             scored_at=scored_at_ms,
             probabilities=None if probabilities is None else probabilities[pos],
+            features=None if names is None else _named(names, rows[k]),
         )
         append((indices[k], event_id.encode(), _ENCODE(prediction)))
+
+
+def _named(names: Sequence[str], row: tuple[Any, ...]) -> dict[str, Any]:
+    """A row's features by name; a gap (NaN for a number) is null, as in the FeatureEvent."""
+    return {
+        name: None if isinstance(value, float) and math.isnan(value) else value
+        for name, value in zip(names, row, strict=True)
+    }

@@ -64,6 +64,7 @@ def serving_model(loaded: LoadedModel, settings: InferSettings) -> ServingModel:
         version=loaded.manifest.version,
         decoder=decoder,
         scorer=loaded.scorer,
+        emit_features=settings.emit_features,
     )
 
 

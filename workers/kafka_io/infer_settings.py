@@ -32,3 +32,5 @@ class InferSettings:
     max_features: int = DEFAULT_MAX_FEATURES
     # Keep feature values (and the messages that quote them) out of logs and DLQ headers.
     redact_features: bool = False
+    # Add each event's features to its Prediction (for the monitor's Outcome records).
+    emit_features: bool = False

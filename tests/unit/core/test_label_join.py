@@ -21,7 +21,7 @@ def test_prediction_then_label_joins() -> None:
     join = new_join()
     assert join.add_prediction("a", prediction(1000, label=1)) is None
     outcome = join.add_label("a", 0, 2000)
-    assert outcome == Outcome("a", "m", 1, 1, 0, 1000, "1")
+    assert outcome == Outcome("a", "m", 1, 1, 0, 1000, "1", label_time=2000)
     assert outcome is not None
     assert not outcome.correct
     assert join.counters.joined == 1
