@@ -10,7 +10,7 @@ from typing import Any
 
 from workers.core.feature_spec import FeatureSpec
 
-NAMES = ("feature_event", "prediction", "label", "alert", "manifest")
+NAMES = ("feature_event", "prediction", "label", "alert", "manifest", "outcome")
 # The largest finite double: JSON numbers beyond it overflow to infinity when parsed.
 MAX_FINITE = 1.7976931348623157e308
 
