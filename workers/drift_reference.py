@@ -199,4 +199,7 @@ class ModelReferences(ReferenceLookup):
         log.info("reference_loaded", model=model_name, version=model_version,
                  rows=reference.rows, scores=reference.score_kind,
                  calibrated=reference.calibration is not None)  # fmt: skip
-        return VersionReference(reference.calibration, reference.score_kind, reference.scores)
+        classes = manifest.classes
+        positive = str(classes[1]) if len(classes) == 2 else None
+        return VersionReference(reference.calibration, reference.score_kind, reference.scores,
+                                positive)  # fmt: skip

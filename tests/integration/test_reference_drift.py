@@ -161,3 +161,60 @@ def _version_when(worker: WorkerProcess, ready: Any) -> dict[str, Any]:
         assert worker.proc.poll() is None, "the monitor exited"
         time.sleep(0.3)
     raise AssertionError("the monitor never reported it")
+
+
+def test_split_stages_estimate_before_labels_carry_features_and_find_a_shift(
+    kafka: KafkaUnderTest, new_topic: TopicFactory, models: Path, tmp_path: Path
+) -> None:
+    """The same checks with the monitor in two stages: infer --emit-features, a join stage,
+    an aggregate stage with --model and --features-topic (its lead reads them)."""
+    topics = {"features": new_topic(2, "-in"), "predictions": new_topic(2, "-pred"),
+              "labels": new_topic(2, "-lab"), "alerts": new_topic(1, "-alerts"),
+              "dlq": new_topic(1, "-dlq")}  # fmt: skip
+    outcomes = f"{topics['predictions']}-outcomes"
+    live = cyclic_stream(2000, seed=15, start=REFERENCE_ROWS)
+    send(kafka.bootstrap_servers, topics["features"], feature_events(live, "e"))
+    infer = WorkerProcess(
+        "infer", "--bootstrap-servers", kafka.bootstrap_servers, "--model", str(models),
+        "--input-topic", topics["features"], "--output-topic", topics["predictions"],
+        "--dlq-topic", topics["dlq"], "--group-id", f"i-{topics['features']}",
+        "--emit-features",
+    )  # fmt: skip
+    stage = ("--outcomes-topic", outcomes, "--window", "5000")
+    join = monitor(kafka, topics, tmp_path / "join", "--stage", "join", "--instance-id", "j",
+                   *stage)  # fmt: skip
+    aggregate = monitor(kafka, topics, tmp_path / "agg", "--stage", "aggregate", "--instance-id",
+                        "a", "--model", str(models), "--features-topic", topics["features"],
+                        *stage)  # fmt: skip
+    try:
+        assert aggregate.wait_for("data_drift_checks")["reference_rows"] == REFERENCE_ROWS
+        read_topic(kafka.bootstrap_servers, topics["predictions"], 2000)
+        version = _version_when(aggregate, lambda v: v.get("estimated_window_size") == 2000)
+        assert version["joined"] == 0
+        send(kafka.bootstrap_servers, topics["labels"],
+             [(f"e{i}", {"event_id": f"e{i}", "label": y})
+              for i, y in enumerate(live["label"])])  # fmt: skip
+        joined = _version_when(aggregate, lambda v: v.get("joined") == 2000)
+        assert aggregate.events("feature_drift") == []
+        shifted = cyclic_stream(150, seed=16, start=REFERENCE_ROWS + 2000)
+        shifted["score"] = np.asarray(shifted["score"]) + 3.0
+        send(kafka.bootstrap_servers, topics["features"], feature_events(shifted, "s"))
+        line = aggregate.wait_for("feature_drift", timeout_s=60)
+        records = read_topic(kafka.bootstrap_servers, outcomes, 2000, settle_s=0.5)
+    finally:
+        for worker in (infer, join, aggregate):
+            assert worker.stop()[0] == 0
+    assert "score" in line["features"]
+    realized = np.mean([r.json()["correct"] for r in records])
+    assert joined["window_accuracy"] == pytest.approx(realized)
+    assert abs(version["estimated_accuracy"] - realized) < 0.03
+    assert abs(joined["estimation_gap"]) < 0.03
+    # Each outcome carries the event's features as infer was given them: categories, gaps.
+    schema = load_schema("outcome")
+    first = records[0].json()
+    jsonschema.validate(first, schema)
+    i = int(first["event_id"][1:])
+    sent = dict(zip(FEATURES, rows_of(live)[i], strict=True))
+    assert first["features"] == {k: (None if isinstance(v, float) and np.isnan(v) else v)
+                                 for k, v in sent.items()}  # fmt: skip
+    assert any(v is None for r in records for v in r.json()["features"].values())

@@ -385,6 +385,13 @@ def split_stage(args: argparse.Namespace, settings: MonitorSettings) -> JoinStag
         log_interval_s=s.log_interval_s,
         metrics_port=s.metrics_port,
         redact_features=s.redact_features,
+        model_dir=s.model_dir,
+        manifest=s.manifest,
+        verifier=s.verifier,
+        features_topic=s.features_topic,
+        feature_window=s.feature_window,
+        shape_window=s.shape_window,
+        feature_z_threshold=s.feature_z_threshold,
     )
     if args.stage == "join":
         return JoinStage(stage_settings)

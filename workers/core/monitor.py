@@ -35,6 +35,7 @@ from workers.core.drift import (
     FeatureDrift,
 )
 from workers.core.estimation import (
+    CONFIDENCE,
     Calibration,
     EstimateCheck,
     EstimatedPerformance,
@@ -131,6 +132,8 @@ class VersionReference:
     calibration: Calibration | None
     score_kind: str | None  # positive_probability, predicted_value or predicted_class
     scores: Sequence[Any] | npt.NDArray[np.float64] | None
+    # A binary classifier's positive class as its probabilities name it (its second class).
+    positive: str | None = None
 
 
 class ReferenceLookup:
@@ -157,6 +160,7 @@ class PredictionChecks:
     estimate: EstimatedPerformance
     # Realized beside estimated accuracy over the same joined outcomes.
     check: EstimateCheck
+    positive: str | None = None
 
 
 @dataclass(slots=True)
@@ -248,6 +252,7 @@ class MonitorState:
             checks = PredictionChecks(
                 drift, reference.score_kind, FeatureAlerts(model_name, model_version),
                 reference.calibration, EstimatedPerformance(c.window), EstimateCheck(c.window),
+                reference.positive,
             )  # fmt: skip
         self.prediction_checks[key] = checks
         return checks
@@ -279,6 +284,38 @@ class MonitorState:
         if alert is not None:
             alerts.append(alert)
         return chance.correct
+
+    def check_prediction(self, value: bytes | None, now_ms: int) -> list[Alert]:
+        """Prediction drift and the estimate alone, without joining (the aggregate stage's
+        share of a prediction: the join stage joins it)."""
+        try:
+            p = PREDICTION_DECODER.decode(value or b"")
+        except (msgspec.DecodeError, ValueError, RecursionError):
+            self.invalid_predictions += 1
+            return []
+        alerts: list[Alert] = []
+        checks = self._checks_for(p.model_name, p.model_version)
+        if checks is not None:
+            self._on_checked_prediction(checks, p, now_ms, alerts)
+        return alerts
+
+    def expected_correct(
+        self, model_name: str, model_version: int, predicted: LabelValue, score: float | None
+    ) -> float | None:
+        """A joined prediction's estimated chance of being right, from its score (the
+        probability of its class) alone: what the aggregate stage has of it."""
+        checks = self._checks_for(model_name, model_version)
+        if checks is None or checks.calibration is None or score is None:
+            return None
+        if checks.calibration.kind == CONFIDENCE:
+            chance = expected(checks.calibration, [score])
+        else:
+            positive = getattr(checks, "positive", None)
+            if positive is None:
+                return None
+            p = score if str(predicted) == positive else 1.0 - score
+            chance = expected(checks.calibration, [1.0 - p, p])
+        return None if chance is None else chance.correct
 
     def _joined(self, key: tuple[str, int]) -> int:
         state = self.versions.get(key)
@@ -480,13 +517,14 @@ class MonitorState:
                 "baseline_mae": errors.reference_mae,
             }
         for (name, version), checks in sorted(self.prediction_checks.items()):
-            if checks is None or not checks.estimate.size:
+            both = None if checks is None else checks.check.snapshot()
+            if checks is None or (not checks.estimate.size and both is None):
                 continue
             entry = out.setdefault(f"{name}/v{version}", {"joined": 0})
-            entry["estimated_accuracy"] = checks.estimate.accuracy()
-            entry["estimated_f1"] = checks.estimate.f1()
-            entry["estimated_window_size"] = checks.estimate.size
-            both = checks.check.snapshot()
+            if checks.estimate.size:
+                entry["estimated_accuracy"] = checks.estimate.accuracy()
+                entry["estimated_f1"] = checks.estimate.f1()
+                entry["estimated_window_size"] = checks.estimate.size
             if both is not None:
                 # Over the same joined outcomes: what was estimated, what came true.
                 entry["estimated_accuracy_joined"], entry["realized_accuracy_joined"] = both

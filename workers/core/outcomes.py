@@ -10,7 +10,7 @@ consumes, so a partition's state can be stored in Kafka and resumed by another i
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import msgspec
@@ -188,6 +188,17 @@ class JoinPartition:
 
 
 @dataclass(slots=True)
+class LeadChecks:
+    """What the aggregate stage checks on every prediction and FeatureEvent before any label
+    (prediction drift, estimated accuracy, data drift). One instance does it: the holder of
+    outcomes partition 0, in whose snapshot this lives, with how far it read each of those
+    topics' partitions."""
+
+    state: MonitorState
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class AggregatePartition:
     """The versions whose outcomes land on one partition of the outcomes topic: their rolling
     metrics, detectors and alert states, the stage's counters, and how far it read."""
@@ -199,6 +210,7 @@ class AggregatePartition:
     # sent since: the latest outcomes by (kind, event_id), so a repeat is counted, not used.
     recent: OrderedDict[str, None] | None = None
     recent_limit: int = 0
+    lead: LeadChecks | None = None
 
     @classmethod
     def new(cls, config: MonitorConfig, dedupe: int = 0) -> AggregatePartition:
@@ -233,6 +245,12 @@ class AggregatePartition:
             self._count("invalid_outcomes")
             return []
         self._count("joined")
+        if not outcome.regression and record.score is not None:
+            chance = self.state.expected_correct(
+                outcome.model_name, outcome.model_version, outcome.predicted, record.score
+            )
+            if chance is not None:
+                outcome = replace(outcome, expected=chance)
         return self.state.on_outcome(outcome, now_ms)
 
 

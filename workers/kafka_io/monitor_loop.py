@@ -347,77 +347,11 @@ class MonitorWorker:
             log.warning("init_transactions_failed", reason=exc.args[0].str())
 
     def _init_feature_drift(self, manifest: Manifest) -> None:
-        if self._init_reference_drift(manifest):
-            return
-        summary = manifest.raw.get("feature_summary") or {}
-        missing = [f for f in manifest.features if f not in summary]
-        if missing:
-            raise MonitorStartupError(
-                f"{manifest.name} v{manifest.version} has no training summary for {missing}: "
-                "register it with --training-data and --target (or train it with "
-                "`scorestream train`) to enable data-drift checks"
-            )
-        self.feature_decoder = EventDecoder(manifest.specs)
-        drift = self.state.feature_drift
-        plain = self.feature_decoder.plain_numeric
-        wanted = FeatureDrift if plain else KindDrift
-        # A checkpoint from before a check's fields existed starts that check afresh.
-        outdated = isinstance(drift, FeatureDrift) and not hasattr(drift, "constant")
-        if not isinstance(drift, wanted) or drift.names != manifest.features or outdated:
-            if plain:
-                self.state.feature_drift = FeatureDrift(
-                    manifest.features,
-                    [summary[f]["mean"] for f in manifest.features],
-                    [summary[f]["std"] for f in manifest.features],
-                    window=self.settings.feature_window,
-                    z_threshold=self.settings.feature_z_threshold,
-                    constant=[
-                        "min" in summary[f] and summary[f]["min"] == summary[f].get("max")
-                        for f in manifest.features
-                    ],
-                )
-            else:
-                self.state.feature_drift = KindDrift(
-                    manifest.specs,
-                    summary,
-                    window=self.settings.feature_window,
-                    z_threshold=self.settings.feature_z_threshold,
-                )
-            self.state.feature_alerts = FeatureAlerts(manifest.name, manifest.version)
-
-    def _init_reference_drift(self, manifest: Manifest) -> bool:
-        """Checks calibrated on the version's reference, when it has one; a checkpointed set
-        is kept if it was calibrated on the same reference with the same windows."""
         s = self.settings
-        if s.model_dir is None:
-            return False
-        try:
-            reference = load_reference(s.model_dir / str(manifest.version), manifest.raw)
-        except DriftReferenceError as exc:
-            raise MonitorStartupError(str(exc)) from exc
-        if reference is None:
-            return False
-        self.feature_decoder = EventDecoder(manifest.specs)
-        sha256 = str(manifest.raw["reference"]["sha256"])
-        windows = (s.feature_window, s.shape_window, s.shape_window)
-        drift = self.state.feature_drift
-        if not (
-            isinstance(drift, ReferenceDrift)
-            and drift.sha256 == sha256
-            and drift.windows == windows
-        ):
-            drift = self.state.feature_drift = ReferenceDrift(
-                reference.features, reference.numeric, reference.columns, window=s.feature_window,
-                shape_window=s.shape_window, multivariate_window=s.shape_window, sha256=sha256,
-            )  # fmt: skip
-            self.state.feature_alerts = FeatureAlerts(manifest.name, manifest.version)
-        log.info(
-            "data_drift_checks", model=manifest.name, version=manifest.version,
-            reference_rows=reference.rows, window=s.feature_window, shape_window=s.shape_window,
-            multivariate=list(drift.multivariate.names) if drift.multivariate.enabled else [],
-            features=drift.univariate.describe(),
+        self.feature_decoder = attach_feature_drift(
+            self.state, manifest, s.model_dir, feature_window=s.feature_window,
+            shape_window=s.shape_window, z_threshold=s.feature_z_threshold,
         )  # fmt: skip
-        return True
 
     # -- assignment: resume each partition from its checkpoint ------------------------------
 
@@ -831,3 +765,93 @@ def publish_metrics(
         estimated_accuracy=estimated,
         estimation_gap=gap,
     )
+
+
+def attach_feature_drift(  # noqa: PLR0913 - the version and its windows
+    state: MonitorState,
+    manifest: Manifest,
+    model_dir: Path | None,
+    *,
+    feature_window: int,
+    shape_window: int,
+    z_threshold: float,
+) -> EventDecoder:
+    """Give `state` data-drift checks for `manifest`'s version (a checkpointed set of the same
+    kind and reference is kept); return the decoder of its FeatureEvents."""
+    decoder = _attach_reference_drift(state, manifest, model_dir, feature_window, shape_window)
+    if decoder is not None:
+        return decoder
+    summary = manifest.raw.get("feature_summary") or {}
+    missing = [f for f in manifest.features if f not in summary]
+    if missing:
+        raise MonitorStartupError(
+            f"{manifest.name} v{manifest.version} has no training summary for {missing}: "
+            "register it with --training-data and --target (or train it with "
+            "`scorestream train`) to enable data-drift checks"
+        )
+    decoder = EventDecoder(manifest.specs)
+    drift = state.feature_drift
+    plain = decoder.plain_numeric
+    wanted = FeatureDrift if plain else KindDrift
+    # A checkpoint from before a check's fields existed starts that check afresh.
+    outdated = isinstance(drift, FeatureDrift) and not hasattr(drift, "constant")
+    if not isinstance(drift, wanted) or drift.names != manifest.features or outdated:
+        if plain:
+            state.feature_drift = FeatureDrift(
+                manifest.features,
+                [summary[f]["mean"] for f in manifest.features],
+                [summary[f]["std"] for f in manifest.features],
+                window=feature_window,
+                z_threshold=z_threshold,
+                constant=[
+                    "min" in summary[f] and summary[f]["min"] == summary[f].get("max")
+                    for f in manifest.features
+                ],
+            )
+        else:
+            state.feature_drift = KindDrift(
+                manifest.specs,
+                summary,
+                window=feature_window,
+                z_threshold=z_threshold,
+            )
+        state.feature_alerts = FeatureAlerts(manifest.name, manifest.version)
+    return decoder
+
+
+def _attach_reference_drift(
+    state: MonitorState,
+    manifest: Manifest,
+    model_dir: Path | None,
+    feature_window: int,
+    shape_window: int,
+) -> EventDecoder | None:
+    """Checks calibrated on the version's reference, when it has one; a checkpointed set
+    is kept if it was calibrated on the same reference with the same windows."""
+    if model_dir is None:
+        return None
+    try:
+        reference = load_reference(model_dir / str(manifest.version), manifest.raw)
+    except DriftReferenceError as exc:
+        raise MonitorStartupError(str(exc)) from exc
+    if reference is None:
+        return None
+    decoder = EventDecoder(manifest.specs)
+    sha256 = str(manifest.raw["reference"]["sha256"])
+    windows = (feature_window, shape_window, shape_window)
+    drift = state.feature_drift
+    if not (
+        isinstance(drift, ReferenceDrift) and drift.sha256 == sha256 and drift.windows == windows
+    ):
+        drift = state.feature_drift = ReferenceDrift(
+            reference.features, reference.numeric, reference.columns, window=feature_window,
+            shape_window=shape_window, multivariate_window=shape_window, sha256=sha256,
+        )  # fmt: skip
+        state.feature_alerts = FeatureAlerts(manifest.name, manifest.version)
+    log.info(
+        "data_drift_checks", model=manifest.name, version=manifest.version,
+        reference_rows=reference.rows, window=feature_window, shape_window=shape_window,
+        multivariate=list(drift.multivariate.names) if drift.multivariate.enabled else [],
+        features=drift.univariate.describe(),
+    )  # fmt: skip
+    return decoder

@@ -22,11 +22,13 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import msgspec
 import structlog
 from confluent_kafka import (
+    OFFSET_BEGINNING,
     Consumer,
     KafkaError,
     KafkaException,
@@ -35,13 +37,17 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from workers.core.monitor import LABEL_KEY_DECODER, MonitorConfig
+from workers.core.alerts import Alert
+from workers.core.events import EventDecoder, InvalidEvent
+from workers.core.monitor import LABEL_KEY_DECODER, MonitorConfig, MonitorState, ReferenceLookup
 from workers.core.outcomes import (
     OUTCOME_ENCODER,
     AggregatePartition,
     JoinPartition,
+    LeadChecks,
     sum_counters,
 )
+from workers.drift_reference import ModelReferences
 from workers.kafka_io.admin import create_topics, list_topics
 from workers.kafka_io.changelog import (
     CHANGELOG_CONFIG,
@@ -65,10 +71,13 @@ from workers.kafka_io.monitor_loop import (
     MonitorStartupError,
     _source,
     announce,
+    attach_feature_drift,
     publish_metrics,
 )
 from workers.metrics import REFRESH_INTERVAL_S, MetricsServer, MonitorMetrics
+from workers.model_store import NO_KEYS, Manifest
 from workers.process_tuning import tune_process
+from workers.signing import Verifier
 
 log = structlog.get_logger("scorestream.monitor")
 
@@ -93,6 +102,15 @@ class StageSettings:
     log_interval_s: float = 10.0
     metrics_port: int | None = None
     redact_features: bool = False
+    # The aggregate stage's checks before labels: with model_dir, prediction drift and
+    # estimated accuracy; with features_topic too, data drift on the newest version.
+    model_dir: Path | None = None
+    manifest: Manifest | None = None
+    verifier: Verifier = NO_KEYS
+    features_topic: str | None = None
+    feature_window: int = 200
+    shape_window: int = 500
+    feature_z_threshold: float = 5.0
 
     @property
     def repartition_topic(self) -> str:
@@ -243,6 +261,15 @@ class StageWorker(ABC, Generic[P]):
         """A restored partition, under this instance's settings."""
         return restored
 
+    def restored(self) -> None:
+        """Called once the partitions held are restored (on assignment and on reload)."""
+
+    def dropped(self) -> None:
+        """Called when every partition is handed back."""
+
+    def poll_more(self, now_ms: int) -> None:
+        """Called once a loop: what a stage reads besides its group's topics."""
+
     def _positions(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
         """Where each partition resumes: its snapshot's offset, else the committed one."""
         out = []
@@ -257,6 +284,7 @@ class StageWorker(ABC, Generic[P]):
         self._restore(sorted({tp.partition for tp in partitions if tp.topic in self.state_topics}))
         self.assigned = self._positions(partitions)
         consumer.assign(self.assigned)
+        self.restored()
         log.info("partitions_assigned", stage=self.stage, partitions=[
             f"{tp.topic}[{tp.partition}]" + (f" from offset {tp.offset} (changelog)"
                                              if tp.offset >= 0 else "")
@@ -282,6 +310,7 @@ class StageWorker(ABC, Generic[P]):
         self.dirty.clear()
         self.loose.clear()
         self.assigned = []
+        self.dropped()
 
     def _reload(self, reason: str) -> None:
         """Back to the last checkpoint of every partition held: its records are read again."""
@@ -301,6 +330,7 @@ class StageWorker(ABC, Generic[P]):
                 continue  # never committed: already reading from the start
             with contextlib.suppress(KafkaException):
                 self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+        self.restored()
         log.warning("state_reloaded", stage=self.stage, reason=reason,
                     to="the last checkpoint; records since are read again")  # fmt: skip
 
@@ -403,12 +433,15 @@ class StageWorker(ABC, Generic[P]):
 
     # -- the loop ---------------------------------------------------------------------------
 
+    def close(self) -> None:
+        self.consumer.close()
+
     def run(self, stop: threading.Event) -> None:
         s = self.settings
         tune_process()
         admin = AdminAccess(s.bootstrap_servers, s.kafka_config)
         if not admin.retry_until_ready(self.prepare_topics, stop, what="topics"):
-            self.consumer.close()
+            self.close()
             return
         log.info("monitor_started", stage=self.stage, topics=self.topics(), group_id=self.group,
                  changelog=self.changelog, outcomes_topic=s.outcomes_topic,
@@ -417,7 +450,7 @@ class StageWorker(ABC, Generic[P]):
         if s.exactly_once and not init_transactions(
             self, stop, bootstrap_servers=s.bootstrap_servers
         ):
-            self.consumer.close()
+            self.close()
             return
         server = None
         if s.metrics_port is not None:
@@ -433,7 +466,7 @@ class StageWorker(ABC, Generic[P]):
                 self.checkpoint()
                 self._log_summary()
             finally:
-                self.consumer.close()
+                self.close()
                 self.producer.flush(10)
                 if server is not None:
                     server.stop()
@@ -448,6 +481,7 @@ class StageWorker(ABC, Generic[P]):
             msgs = self.consumer.consume(num_messages=s.batch_size, timeout=0.1)
             if msgs:
                 self._process(msgs)
+            self.poll_more(time.time_ns() // 1_000_000)
             now = time.monotonic()
             if now >= next_refresh:
                 self._refresh_metrics()
@@ -459,10 +493,14 @@ class StageWorker(ABC, Generic[P]):
                 self._log_summary()
                 next_summary = now + s.log_interval_s
 
-    def _process(self, msgs: list[Message]) -> None:
+    def in_transaction(self) -> None:
+        """Exactly-once: what is produced from here on goes in the open transaction."""
         if self.settings.exactly_once and not self.txn_open:
             self.producer.begin_transaction()
             self.txn_open = True
+
+    def _process(self, msgs: list[Message]) -> None:
+        self.in_transaction()
         now_ms = time.time_ns() // 1_000_000
         seen: dict[str, int] = {}
         for msg in msgs:
@@ -615,17 +653,45 @@ class AggregateStage(StageWorker[AggregatePartition]):
     stage = "aggregate"
 
     def __init__(self, settings: StageSettings) -> None:
-        self.group = settings.aggregate_group
-        self.changelog = settings.aggregate_changelog
-        self.state_topics = frozenset({settings.outcomes_topic})
+        s = settings
+        self.group = s.aggregate_group
+        self.changelog = s.aggregate_changelog
+        self.state_topics = frozenset({s.outcomes_topic})
+        self.references = (
+            ReferenceLookup() if s.model_dir is None or s.manifest is None
+            else ModelReferences(s.model_dir, s.manifest.name, s.verifier)
+        )  # fmt: skip
+        # Read by the lead (the holder of outcomes partition 0) alone, all partitions each.
+        self.lead_topics = [t for t, wanted in ((s.predictions_topic, s.model_dir is not None),
+                                                (s.features_topic, s.features_topic is not None))
+                            if wanted and t is not None]  # fmt: skip
+        self.lead_partitions: dict[str, int] = {}
+        self.feature_decoder: EventDecoder | None = None
+        self.leading = False
         super().__init__(settings)
+        self.lead_consumer: Consumer | None = None
+        if self.lead_topics:
+            self.lead_consumer = make_consumer(
+                s.bootstrap_servers, s.kafka_config,
+                defaults={"fetch.wait.max.ms": 50, "fetch.queue.backoff.ms": 10},
+                required={"group.id": f"{self.group}-lead", "enable.auto.commit": False,
+                          "isolation.level": "read_committed"},
+                name="aggregate-lead-consumer",
+            )  # fmt: skip
 
     def topics(self) -> list[str]:
         return [self.settings.outcomes_topic]
 
     def new_partition(self) -> AggregatePartition:
         dedupe = 0 if self.settings.exactly_once else DEDUPE_OUTCOMES
-        return AggregatePartition.new(self.config, dedupe)
+        return self.adopt(AggregatePartition.new(self.config, dedupe))
+
+    def adopt(self, restored: AggregatePartition) -> AggregatePartition:
+        # A lookup reads the model folder, which is no state: it pickles empty.
+        restored.state.references = self.references
+        if restored.lead is not None:
+            restored.lead.state.references = self.references
+        return restored
 
     def prepare_topics(self, admin_config: dict[str, Any]) -> None:
         s = self.settings
@@ -636,15 +702,99 @@ class AggregateStage(StageWorker[AggregatePartition]):
                 f"{s.outcomes_topic!r} does not exist at {s.bootstrap_servers}: start "
                 "`scorestream monitor --stage join` first (it creates it), or create it"
             )
+        for topic in self.lead_topics:
+            count = partition_count(metadata, topic)
+            if count is None:
+                raise MonitorStartupError(
+                    f"{topic!r} does not exist at {s.bootstrap_servers}: the aggregate stage "
+                    "reads it for the checks before labels; create it or leave out "
+                    "--features-topic"
+                )
+            self.lead_partitions[topic] = count
         _ensure(s, admin_config, {s.aggregate_changelog: partitions},
                 compact={s.aggregate_changelog})  # fmt: skip
 
+    # -- the lead: the checks on every prediction and FeatureEvent -------------------------
+
+    def restored(self) -> None:
+        part = self.parts.get(0)
+        if self.lead_consumer is None or part is None:
+            self.dropped()
+            return
+        s = self.settings
+        if part.lead is None:
+            part.lead = LeadChecks(MonitorState(self.config, references=self.references))
+        if s.features_topic is not None and s.manifest is not None:
+            self.feature_decoder = attach_feature_drift(
+                part.lead.state, s.manifest, s.model_dir, feature_window=s.feature_window,
+                shape_window=s.shape_window, z_threshold=s.feature_z_threshold,
+            )  # fmt: skip
+        offsets = part.lead.offsets
+        self.lead_consumer.assign([
+            TopicPartition(t, p, offsets.get((t, p), OFFSET_BEGINNING))
+            for t in self.lead_topics for p in range(self.lead_partitions[t])
+        ])  # fmt: skip
+        self.leading = True
+        log.info("lead_checks", stage=self.stage, topics=self.lead_topics,
+                 resumed=len(offsets))  # fmt: skip
+
+    def dropped(self) -> None:
+        if self.leading and self.lead_consumer is not None:
+            self.lead_consumer.unassign()
+        self.leading = False
+
+    def poll_more(self, now_ms: int) -> None:
+        part = self.parts.get(0)
+        if not self.leading or self.lead_consumer is None or part is None or part.lead is None:
+            return
+        msgs = self.lead_consumer.consume(num_messages=self.settings.batch_size, timeout=0)
+        if not msgs:
+            return
+        self.in_transaction()
+        lead, s = part.lead, self.settings
+        seen = {"predictions": 0, "features": 0}
+        for msg in msgs:
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            if msg.error() is not None or topic is None or partition is None or offset is None:
+                continue
+            if topic == s.predictions_topic:
+                alerts = lead.state.check_prediction(msg.value(), now_ms)
+                seen["predictions"] += 1
+            else:
+                alerts = self._features(lead.state, msg.value(), now_ms)
+                seen["features"] += 1
+            lead.offsets[(topic, partition)] = offset + 1
+            for alert in alerts:
+                self._raise(alert)
+        self.dirty.add(0)
+        for stream, count in seen.items():
+            if count:
+                self.metrics.consumed.labels(stream).inc(count)
+
+    def _features(self, state: MonitorState, value: bytes | None, now_ms: int) -> list[Alert]:
+        if self.feature_decoder is None:
+            return []
+        decoded = self.feature_decoder.decode(value)
+        if isinstance(decoded, InvalidEvent):
+            return []  # infer dead-letters it; the checks take what it scores
+        return state.on_features(decoded[1], now_ms)
+
+    def close(self) -> None:
+        super().close()
+        if self.lead_consumer is not None:
+            self.lead_consumer.close()
+
+    # -- the outcomes ----------------------------------------------------------------------
+
     def handle(self, msg: Message, topic: str, partition: int, offset: int, now_ms: int) -> None:
         del topic, offset
-        s = self.settings
         for alert in self.parts[partition].on_record(msg.value(), now_ms):
-            value = announce(alert, self.metrics, redact=s.redact_features)
-            self.produce(s.alerts_topic, value, alert.model_name.encode())
+            self._raise(alert)
+
+    def _raise(self, alert: Alert) -> None:
+        s = self.settings
+        value = announce(alert, self.metrics, redact=s.redact_features)
+        self.produce(s.alerts_topic, value, alert.model_name.encode())
 
     def stream_name(self, topic: str) -> str:
         del topic
@@ -655,7 +805,14 @@ class AggregateStage(StageWorker[AggregatePartition]):
         counters = sum_counters([counters, *(p.counts for p in self.parts.values())])
         versions: dict[str, dict[str, Any]] = {}
         alerts: dict[str, int] = {}
-        for part in self.parts.values():
-            versions.update(part.state.metrics())
-            alerts = sum_counters([alerts, part.state.alerts_raised])
+        states = [p.state for p in self.parts.values()]
+        states += [p.lead.state for p in self.parts.values() if p.lead is not None]
+        for state in states:
+            for key, entry in state.metrics().items():
+                merged = versions.setdefault(key, {"joined": 0})
+                # A version's outcomes are on one partition; its estimates are the lead's.
+                joined = max(merged["joined"], entry["joined"])
+                merged.update(entry)
+                merged["joined"] = joined
+            alerts = sum_counters([alerts, state.alerts_raised])
         return counters, dict(sorted(versions.items())), alerts
