@@ -59,6 +59,16 @@ def monitor(
     )  # fmt: skip
 
 
+def serve(
+    kafka: KafkaUnderTest, topics: dict[str, str], models: Path, *extra: str
+) -> WorkerProcess:
+    return WorkerProcess(
+        "infer", "--bootstrap-servers", kafka.bootstrap_servers, "--model", str(models),
+        "--input-topic", topics["features"], "--output-topic", topics["predictions"],
+        "--dlq-topic", topics["dlq"], "--group-id", f"i-{topics['features']}", *extra,
+    )  # fmt: skip
+
+
 def wait_committed(kafka: KafkaUnderTest, group: str, topic: str, offset: int) -> None:
     deadline = time.monotonic() + 90
     while committed_offset(kafka.bootstrap_servers, group, topic) < offset:
@@ -117,11 +127,7 @@ def test_accuracy_is_estimated_before_any_label_then_set_beside_the_realized(
               "dlq": new_topic(1, "-dlq")}  # fmt: skip
     live = cyclic_stream(3000, seed=14, start=REFERENCE_ROWS)
     send(kafka.bootstrap_servers, topics["features"], feature_events(live, "e"))
-    infer = WorkerProcess(
-        "infer", "--bootstrap-servers", kafka.bootstrap_servers, "--model", str(models),
-        "--input-topic", topics["features"], "--output-topic", topics["predictions"],
-        "--dlq-topic", topics["dlq"], "--group-id", f"i-{topics['features']}",
-    )  # fmt: skip
+    infer = serve(kafka, topics, models)
     port = free_base_port(1)
     worker = monitor(kafka, topics, tmp_path / "state", "--model", str(models), "--window",
                      "5000", "--metrics-port", str(port))  # fmt: skip
@@ -174,12 +180,7 @@ def test_split_stages_estimate_before_labels_carry_features_and_find_a_shift(
     outcomes = f"{topics['predictions']}-outcomes"
     live = cyclic_stream(2000, seed=15, start=REFERENCE_ROWS)
     send(kafka.bootstrap_servers, topics["features"], feature_events(live, "e"))
-    infer = WorkerProcess(
-        "infer", "--bootstrap-servers", kafka.bootstrap_servers, "--model", str(models),
-        "--input-topic", topics["features"], "--output-topic", topics["predictions"],
-        "--dlq-topic", topics["dlq"], "--group-id", f"i-{topics['features']}",
-        "--emit-features",
-    )  # fmt: skip
+    infer = serve(kafka, topics, models, "--emit-features")
     stage = ("--outcomes-topic", outcomes, "--window", "5000")
     join = monitor(kafka, topics, tmp_path / "join", "--stage", "join", "--instance-id", "j",
                    *stage)  # fmt: skip
