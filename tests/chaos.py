@@ -10,10 +10,15 @@ side on one stream of feature events fed at a steady rate:
                 duplicates are counted and reported;
   monitor       `scorestream monitor` on its own prediction and label streams; its final join
                 counts must equal the offline truth.
+  two-stage     the same streams through `monitor --stage join` (two instances) and
+                `--stage aggregate`, exactly-once, state in changelog topics only; the
+                aggregate's counts must equal the truth and the outcomes topic hold each
+                outcome once.
 
 While the stream flows the driver SIGKILLs a random worker of each infer group `worker_kills`
-times and the monitor `monitor_kills` times (restarting each at once, as a supervisor would),
-and SIGKILLs one broker `broker_kills` times (restarting it a few seconds later).
+times, the monitor `monitor_kills` times and a random process of the two-stage monitor as
+often (restarting each at once, as a supervisor would), and SIGKILLs one broker
+`broker_kills` times (restarting it a few seconds later).
 
     python -m tests.chaos [--events 100000] [--feed-seconds 60] [--worker-kills 5] ...
 
@@ -31,12 +36,13 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Message, Producer
 
 from tests.conftest import free_base_port
 from tests.integration.test_infer import events, feature_rows
@@ -74,6 +80,9 @@ class ChaosReport:
     at_least_once_duplicates: int = 0
     monitor_expected: dict[str, int] = field(default_factory=dict)
     monitor_final: dict[str, int] = field(default_factory=dict)
+    two_stage_final: dict[str, int] = field(default_factory=dict)
+    two_stage_outcomes: int = 0
+    two_stage_outcomes_unique: int = 0
     kills: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -85,6 +94,10 @@ class ChaosReport:
             and self.exactly_once_score_mismatches == 0
             and self.at_least_once_unique == self.events
             and all(self.monitor_final.get(k) == v for k, v in self.monitor_expected.items())
+            and all(self.two_stage_final.get(k) == v for k, v in _stage_counts(self).items())
+            and self.two_stage_outcomes
+            == self.two_stage_outcomes_unique
+            == sum(_stage_counts(self).values())
         )
 
 
@@ -121,11 +134,13 @@ def run(cfg: ChaosConfig) -> ChaosReport:  # noqa: PLR0915 - a scenario that rea
     bootstrap = layout.bootstrap_servers
     run_id = uuid.uuid4().hex[:6]
     t = {name: f"chaos-{run_id}-{name}" for name in (
-        "in", "eos-out", "eos-dlq", "alo-out", "alo-dlq", "pred", "lab", "alerts")}  # fmt: skip
+        "in", "eos-out", "eos-dlq", "alo-out", "alo-dlq", "pred", "lab", "alerts", "outcomes",
+    "alerts2")}  # fmt: skip
     jobs: list[Job] = []
     try:
         create_topics(bootstrap, {t["in"]: 4, t["eos-out"]: 4, t["eos-dlq"]: 1, t["alo-out"]: 4,
-                                  t["alo-dlq"]: 1, t["pred"]: 4, t["lab"]: 4, t["alerts"]: 1},
+                                  t["alo-dlq"]: 1, t["pred"]: 4, t["lab"]: 4, t["alerts"]: 1,
+                                  t["alerts2"]: 1},
                       replication_factor=3)  # fmt: skip
         models = cfg.work_dir / "models"
         train("bc", models, dataset="breast_cancer", estimator="logistic_regression", seed=0)
@@ -149,7 +164,10 @@ def run(cfg: ChaosConfig) -> ChaosReport:  # noqa: PLR0915 - a scenario that rea
             "--labels-topic", t["lab"], "--alerts-topic", t["alerts"],
             "--group-id", f"mon-{run_id}", "--state-dir", str(cfg.work_dir / "monitor-state"),
             "--checkpoint-interval-s", "0.5", "--log-interval-s", "0.5"]])  # fmt: skip
-        jobs = [eos, alo, monitor]
+        two_stage = Job("two-stage", [
+            _stage(bootstrap, t, run_id, stage, name)
+            for stage, name in (("join", "j1"), ("join", "j2"), ("aggregate", "a1"))])  # fmt: skip
+        jobs = [eos, alo, monitor, two_stage]
 
         fed = threading.Event()
         feeder = threading.Thread(
@@ -163,7 +181,7 @@ def run(cfg: ChaosConfig) -> ChaosReport:  # noqa: PLR0915 - a scenario that rea
             if what == "broker":
                 report.kills.append(_kill_broker(layout, rng, cache, kafka_home))
             else:
-                job = {"eos": eos, "alo": alo, "monitor": monitor}[what]
+                job = {"eos": eos, "alo": alo, "monitor": monitor, "two-stage": two_stage}[what]
                 report.kills.append(job.kill_and_restart(rng))
         feeder.join()
         advance_clocks(bootstrap, {"predictions": t["pred"], "labels": t["lab"]}, 4)
@@ -179,6 +197,12 @@ def run(cfg: ChaosConfig) -> ChaosReport:  # noqa: PLR0915 - a scenario that rea
         )
         report.monitor_expected = _expected(monitor_truth)
         report.monitor_final = _monitor_final(monitor, report.monitor_expected)
+        stage_expected = _stage_counts(report)
+        report.two_stage_final = _monitor_final(two_stage, stage_expected, worker=-1)
+        outcomes = _read_until_unique(bootstrap, t["outcomes"], sum(stage_expected.values()), 60,
+                                      identity=_outcome_identity)  # fmt: skip
+        report.two_stage_outcomes = len(outcomes)
+        report.two_stage_outcomes_unique = len(set(outcomes))
     finally:
         _keep_logs(jobs, cfg.work_dir / "logs")
         for job in jobs:
@@ -205,6 +229,7 @@ def _schedule(cfg: ChaosConfig, rng: random.Random) -> list[tuple[float, str]]:
     plan = [(rng.uniform(*window), "eos") for _ in range(cfg.worker_kills)]
     plan += [(rng.uniform(*window), "alo") for _ in range(cfg.worker_kills)]
     plan += [(rng.uniform(*window), "monitor") for _ in range(cfg.monitor_kills)]
+    plan += [(rng.uniform(*window), "two-stage") for _ in range(cfg.monitor_kills)]
     plan += [(rng.uniform(*window), "broker") for _ in range(cfg.broker_kills)]
     return sorted(plan)
 
@@ -256,8 +281,21 @@ def _kill_broker(
     return f"broker {node.node_id}"
 
 
-def _read_until_unique(bootstrap: str, topic: str, unique: int, timeout_s: float) -> list[bytes]:
-    """Every committed record's key, read until `unique` distinct ones and 3 quiet seconds."""
+def _outcome_identity(msg: Message) -> bytes:
+    """An Outcome is keyed by its version: what it is about is in its value."""
+    body = json.loads(msg.value() or b"")
+    return f"{body['kind']}:{body['event_id']}".encode()
+
+
+def _read_until_unique(
+    bootstrap: str,
+    topic: str,
+    unique: int,
+    timeout_s: float,
+    identity: Callable[[Message], bytes] = lambda m: m.key() or b"",
+) -> list[bytes]:
+    """Every committed record's identity (its key), read until `unique` distinct ones and 3
+    quiet seconds."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
                          "auto.offset.reset": "earliest", "enable.auto.commit": False,
                          "isolation.level": "read_committed"})  # fmt: skip
@@ -269,7 +307,7 @@ def _read_until_unique(bootstrap: str, topic: str, unique: int, timeout_s: float
         while time.monotonic() < deadline:
             batch = [m for m in consumer.consume(1000, 0.5) if m.error() is None]
             for m in batch:
-                key = m.key() or b""
+                key = identity(m)
                 keys.append(key)
                 seen.add(key)
             if batch:
@@ -310,14 +348,31 @@ def _expected(s: Scenario) -> dict[str, int]:
             "duplicate_predictions": 0, "duplicate_labels": 0, "late_labels": 0}  # fmt: skip
 
 
+def _stage(bootstrap: str, t: dict[str, str], run_id: str, stage: str, name: str) -> list[str]:
+    """One process of the two-stage monitor, exactly-once, its state in Kafka only. A killed
+    instance's partitions move once its session lapses: 10 s here, 45 s by default."""
+    return ["monitor", "--stage", stage, "--bootstrap-servers", bootstrap,
+            "--predictions-topic", t["pred"], "--labels-topic", t["lab"],
+            "--alerts-topic", t["alerts2"], "--outcomes-topic", t["outcomes"],
+            "--group-id", f"two-{run_id}", "--instance-id", name,
+            "--processing-guarantee", "exactly-once", "--checkpoint-interval-s", "0.5",
+            "--log-interval-s", "0.5", "--kafka-config", "session.timeout.ms=10000"]  # fmt: skip
+
+
+def _stage_counts(report: ChaosReport) -> dict[str, int]:
+    """What the aggregate stage counts of the truth (duplicates stay in the join stage)."""
+    return {k: v for k, v in report.monitor_expected.items()
+            if k in ("joined", "expired_without_label", "orphan_labels")}  # fmt: skip
+
+
 def _monitor_final(
-    monitor: Job, expected: dict[str, int], timeout_s: float = 120
+    monitor: Job, expected: dict[str, int], timeout_s: float = 120, worker: int = 0
 ) -> dict[str, int]:
-    worker = monitor.procs[0]
+    proc = monitor.procs[worker]
     deadline = time.monotonic() + timeout_s
     last: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        summaries = worker.events("monitor_summary")
+        summaries = proc.events("monitor_summary")
         last = summaries[-1] if summaries else {}
         if all(last.get(k) == v for k, v in expected.items()):
             break

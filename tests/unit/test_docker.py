@@ -17,8 +17,8 @@ from workers.metrics import InferMetrics, MonitorMetrics
 
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
 ROOT = DOCKER.parent
-SCORESTREAM_SERVICES = ("train", "infer", "monitor", "producer")
-LONG_RUNNING = ("kafka", "infer", "monitor", "prometheus", "grafana")
+SCORESTREAM_SERVICES = ("train", "infer", "monitor-join", "monitor", "producer")
+LONG_RUNNING = ("kafka", "infer", "monitor-join", "monitor", "prometheus", "grafana")
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,8 @@ def dashboard_queries() -> list[str]:
 
 def test_the_stack_has_every_part(services: dict[str, dict[str, Any]]) -> None:
     assert set(services) == {
-        "kafka", "topics", "train", "infer", "monitor", "producer", "prometheus", "grafana",
+        "kafka", "topics", "train", "infer", "monitor-join", "monitor", "producer", "prometheus",
+        "grafana",
     }  # fmt: skip
 
 
@@ -90,7 +91,7 @@ def test_long_running_services_have_healthchecks_and_the_rest_say_why_not(
     for name in ("train", "producer"):
         assert services[name]["healthcheck"] == {"disable": True}
     # infer and monitor probe the port their command serves metrics on.
-    for name in ("infer", "monitor"):
+    for name in ("infer", "monitor-join", "monitor"):
         command = services[name]["command"]
         port = command[command.index("--metrics-port") + 1]
         assert f"127.0.0.1:{port}/healthz" in " ".join(services[name]["healthcheck"]["test"])
@@ -134,7 +135,7 @@ def test_worker_commands_are_the_cli_s_own(
         assert f"[env: {variable}]" in help_text, (
             f"{name}: no flag of {args.command} reads {variable}"
         )
-    if name in ("infer", "monitor", "producer"):
+    if name in ("infer", "monitor-join", "monitor", "producer"):
         assert args.bootstrap_servers == "kafka:9092"
 
 
@@ -150,8 +151,22 @@ def test_infer_can_scale_up_to_the_input_partition_count(
     assert int(partitions["features"]) >= 3  # the README's example scales to 3
     # The monitor joins partition i of predictions with partition i of labels.
     assert partitions["predictions"] == partitions["labels"]
-    for topic in ("features", "predictions", "labels", "features.dlq", "alerts"):
+    for topic in ("features", "predictions", "labels", "features.dlq", "alerts", "outcomes"):
         assert topic in partitions
+
+
+def test_the_monitor_is_scaled_in_two_stages_with_no_state_volume(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    join, aggregate = services["monitor-join"], services["monitor"]
+    assert join["command"][:3] == ["monitor", "--stage", "join"]
+    assert join["deploy"]["replicas"] >= 2
+    # Replicas differ by host name, which is each one's instance (and transactional) id.
+    assert "--instance-id" not in join["command"]
+    assert "container_name" not in join
+    assert aggregate["command"][:3] == ["monitor", "--stage", "aggregate"]
+    for service in (join, aggregate):
+        assert not any(v.endswith(":/state") for v in service.get("volumes", []))
 
 
 def test_mounted_files_exist(services: dict[str, dict[str, Any]]) -> None:
@@ -190,7 +205,8 @@ def test_prometheus_scrapes_both_workers_where_compose_serves_them(
 ) -> None:
     config = yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    for service, job in (("infer", "scorestream-infer"), ("monitor", "scorestream-monitor")):
+    for service, job in (("infer", "scorestream-infer"), ("monitor", "scorestream-monitor"),
+                         ("monitor-join", "scorestream-monitor-join")):  # fmt: skip
         sd = jobs[job]["dns_sd_configs"][0]
         command = services[service]["command"]
         assert sd["names"] == [service]
