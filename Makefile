@@ -52,6 +52,10 @@ soak: venv ## the chaos run, longer: 1M events over 10 min, 30 worker kills per 
 	$(BIN)/python -m tests.chaos --events 1000000 --feed-seconds 600 --worker-kills 30 \
 		--monitor-kills 30 --broker-kills 3 --monitor-events 200000
 
+.PHONY: bench-stages
+bench-stages: venv ## the monitor in two stages beside one process: 1 and 2 join instances, the hop's cost
+	$(BIN)/python bench/two_stage.py
+
 .PHONY: bench-drift
 bench-drift: venv ## drift-detection quality: 30 seeds per stream, default detector beside ADWIN
 	$(BIN)/python bench/drift_quality.py

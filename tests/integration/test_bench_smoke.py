@@ -58,3 +58,23 @@ def test_drift_bench_runs_and_reports_every_check(tmp_path: Path) -> None:
     assert [(c["window"], c["windows"]) for c in result["cbpe"]] == [(1000, 3 * 20),
                                                                      (2000, 3 * 10)]  # fmt: skip
     assert result["peers"] is None
+
+
+def test_two_stage_bench_runs_every_workload(kafka: KafkaUnderTest, tmp_path: Path) -> None:
+    out = tmp_path / "two_stage.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "two_stage.py"), "--quick", "--out", str(out)],
+        env={**os.environ, "SCORESTREAM_BOOTSTRAP_SERVERS": kafka.bootstrap_servers},
+        capture_output=True, text=True, timeout=600, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    workloads = result["workloads"]
+    assert set(workloads) == {"single", "join x1", "join x2", "aggregate"}
+    assert all(w["events_per_s"] > 0 and w["cpu_s"] > 0 for w in workloads.values())
+    assert workloads["single"]["joined"] == result["events"]
+    assert workloads["join x2"]["steady_events_per_s"] > 0
+    assert result["two_stage_cpu_us_per_event"] == (
+        (workloads["join x1"]["cpu_s"] + workloads["aggregate"]["cpu_s"]) / result["events"] * 1e6
+    )
+    assert "the extra hop costs" in proc.stdout

@@ -126,7 +126,7 @@ EXAMPLE = re.compile(r"<!-- schema: (?P<name>\w+) -->\n```json\n(?P<body>.*?)\n`
 
 def test_every_message_example_in_the_readme_validates_against_its_schema() -> None:
     examples = {m["name"]: json.loads(m["body"]) for m in EXAMPLE.finditer(README.read_text())}
-    assert set(examples) == {"feature_event", "prediction", "label", "alert"}
+    assert set(examples) == {"feature_event", "prediction", "label", "alert", "outcome"}
     for name, example in examples.items():
         jsonschema.validate(example, load_schema(name))
 

@@ -43,8 +43,10 @@ def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN4
         "its probabilities (CBPE); with --features-topic too, data drift on the features, with "
         "thresholds calibrated on the version's reference in its original order. "
         "Alerts are JSON log lines (field `event` = the alert name) and records on "
-        "--alerts-topic. State and offsets are checkpointed together in --state-dir, so a "
-        "restart loses nothing and counts nothing twice.",
+        "--alerts-topic. State and offsets are checkpointed together (in --state-dir, or with "
+        "--stage join|aggregate in compacted Kafka topics), so a restart loses nothing and "
+        "counts nothing twice. --stage splits the monitor in two for more than one machine: "
+        "join instances write Outcome records to --outcomes-topic, an aggregate reads them.",
     )
     add_kafka_options(monitor, environ)
     add_option(

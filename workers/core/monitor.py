@@ -222,6 +222,7 @@ class MonitorState:
         checks = self._checks_for(p.model_name, p.model_version)
         if checks is not None:
             chance = self._on_checked_prediction(checks, p, now_ms, alerts)
+            self._count(alerts)
         # A regressor's prediction: a fractional number (a float, as infer writes every
         # regressor's value, 3.0 included) and no class probabilities. A classifier's class is
         # a string, an integer or a boolean.
@@ -297,6 +298,7 @@ class MonitorState:
         checks = self._checks_for(p.model_name, p.model_version)
         if checks is not None:
             self._on_checked_prediction(checks, p, now_ms, alerts)
+            self._count(alerts)
         return alerts
 
     def expected_correct(

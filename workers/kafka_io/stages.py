@@ -417,7 +417,10 @@ class StageWorker(ABC, Generic[P]):
             bounded_call(commit, TXN_CALL_LIMIT_S)
         except (KafkaException, CallStuck) as exc:
             reason = exc.args[0].str() if isinstance(exc, KafkaException) else "stuck"
-            log.error("transaction_failed", stage=self.stage, reason=reason)
+            if isinstance(exc, KafkaException):
+                self._fenced_hint(exc.args[0])
+            else:
+                log.error("transaction_failed", stage=self.stage, reason=reason)
             self.txn_open = False
             if isinstance(exc, CallStuck):
                 self.abandoned_producers.append(self.producer)
@@ -496,8 +499,19 @@ class StageWorker(ABC, Generic[P]):
     def in_transaction(self) -> None:
         """Exactly-once: what is produced from here on goes in the open transaction."""
         if self.settings.exactly_once and not self.txn_open:
-            self.producer.begin_transaction()
+            try:
+                self.producer.begin_transaction()
+            except KafkaException as exc:  # fenced or fatal: a fresh producer takes over
+                self._fenced_hint(exc.args[0])
+                self._fresh_producer()
+                self.producer.begin_transaction()
             self.txn_open = True
+
+    def _fenced_hint(self, err: KafkaError) -> None:
+        log.error("transaction_failed", stage=self.stage, reason=err.str(), fatal=err.fatal(),
+                  fix=f"if another {self.stage} instance runs with --instance-id "
+                  f"{self.settings.instance_id}, give each its own (the default is the host "
+                  "name)")  # fmt: skip
 
     def _process(self, msgs: list[Message]) -> None:
         self.in_transaction()
