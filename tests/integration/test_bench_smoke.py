@@ -7,23 +7,29 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import KafkaUnderTest
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def quick_bench(kafka: KafkaUnderTest, command: list[str], out: Path) -> tuple[str, Any]:
+    """Run a bench against the session's broker; its stdout and the results it wrote."""
+    proc = subprocess.run(
+        command, env={**os.environ, "SCORESTREAM_BOOTSTRAP_SERVERS": kafka.bootstrap_servers},
+        capture_output=True, text=True, timeout=600, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc.stdout, json.loads(out.read_text())
+
+
 def test_throughput_bench_quick_mode_runs_every_workload(
     kafka: KafkaUnderTest, tmp_path: Path
 ) -> None:
     out = tmp_path / "throughput.json"
-    proc = subprocess.run(
-        [str(Path(sys.executable).parent / "scorestream"), "bench", "--quick", "--out", str(out)],
-        env={**os.environ, "SCORESTREAM_BOOTSTRAP_SERVERS": kafka.bootstrap_servers},
-        capture_output=True, text=True, timeout=600, check=False, cwd=ROOT,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    result = json.loads(out.read_text())
+    scorestream = str(Path(sys.executable).parent / "scorestream")
+    result = quick_bench(kafka, [scorestream, "bench", "--quick", "--out", str(out)], out)[1]
     workloads = result["workloads"]
     assert set(workloads) == {"a passthrough", "b naive", "c infer-lr", "d infer-hgb",
                               "e monitor", "f infer-lr exactly-once", "g infer-mixed",
@@ -62,13 +68,8 @@ def test_drift_bench_runs_and_reports_every_check(tmp_path: Path) -> None:
 
 def test_two_stage_bench_runs_every_workload(kafka: KafkaUnderTest, tmp_path: Path) -> None:
     out = tmp_path / "two_stage.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "two_stage.py"), "--quick", "--out", str(out)],
-        env={**os.environ, "SCORESTREAM_BOOTSTRAP_SERVERS": kafka.bootstrap_servers},
-        capture_output=True, text=True, timeout=600, check=False, cwd=ROOT,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    result = json.loads(out.read_text())
+    command = [sys.executable, str(ROOT / "bench" / "two_stage.py"), "--quick", "--out", str(out)]
+    stdout, result = quick_bench(kafka, command, out)
     workloads = result["workloads"]
     assert set(workloads) == {"single", "join x1", "join x2", "aggregate"}
     assert all(w["events_per_s"] > 0 and w["cpu_s"] > 0 for w in workloads.values())
@@ -77,4 +78,4 @@ def test_two_stage_bench_runs_every_workload(kafka: KafkaUnderTest, tmp_path: Pa
     assert result["two_stage_cpu_us_per_event"] == (
         (workloads["join x1"]["cpu_s"] + workloads["aggregate"]["cpu_s"]) / result["events"] * 1e6
     )
-    assert "the extra hop costs" in proc.stdout
+    assert "the extra hop costs" in stdout
