@@ -203,3 +203,25 @@ def check_outcomes_and_alerts(
     assert split_final.get("duplicate_outcomes", 0) == repeats
     assert ("accuracy_below_threshold", "m", 2) in split_alerts
     assert not any(version == 1 and model == "m" for _, model, version in split_alerts)
+
+
+def test_an_aggregate_started_before_its_outcomes_topic_waits_and_says_so(
+    kafka: KafkaUnderTest, new_topic: TopicFactory
+) -> None:
+    bootstrap = kafka.bootstrap_servers
+    topics = {"predictions": new_topic(2, "-pred"), "labels": new_topic(2, "-lab")}
+    outcomes = f"{topics['predictions']}-outcomes"
+    aggregate = monitor(bootstrap, topics, f"g-{outcomes}", "at-least-once", "--stage",
+                        "aggregate", "--outcomes-topic", outcomes)  # fmt: skip
+    try:
+        waiting = aggregate.wait_for("waiting_for_topics")
+        assert waiting["topics"] == [outcomes]
+        assert "--stage join" in waiting["fix"]
+        join = monitor(bootstrap, topics, f"g-{outcomes}", "at-least-once", "--stage", "join",
+                       "--outcomes-topic", outcomes)  # fmt: skip
+        try:
+            aggregate.wait_for("partitions_assigned", timeout_s=90)
+        finally:
+            assert join.stop()[0] == 0
+    finally:
+        assert aggregate.stop()[0] == 0

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from workers.kafka_io.clients import make_consumer
 
@@ -97,15 +97,11 @@ def read_snapshots(
         name="changelog-reader",
     )
     found: dict[int, Assembler] = {p: Assembler() for p in wanted}
+    deadline = time.monotonic() + timeout_s
     try:
-        todo: set[int] = set()
-        for p in wanted:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
-            if high > low:
-                todo.add(p)
+        todo = {p for p in wanted if _holds_records(consumer, topic, p, deadline)}
         if todo:
             consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(todo)])
-        deadline = time.monotonic() + timeout_s
         while todo:
             if time.monotonic() > deadline:
                 raise ChangelogError(
@@ -122,6 +118,26 @@ def read_snapshots(
     finally:
         consumer.close()
     return {p: a.latest for p, a in found.items() if a.latest is not None}
+
+
+def _holds_records(consumer: Consumer, topic: str, partition: int, deadline: float) -> bool:
+    """Whether the partition holds anything. A topic made a moment ago may not have its leader
+    known yet ("not leader", "unknown partition"): asked again until `deadline`."""
+    backoff = 0.1
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if time.monotonic() + backoff > deadline:
+                raise ChangelogError(
+                    f"cannot read {topic}[{partition}]: {err.str()}; check that the brokers "
+                    "are up and that this client may read it"
+                ) from exc
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+            continue
+        return bool(high > low)
 
 
 def partition_count(metadata: Any, topic: str) -> int | None:  # noqa: ANN401 - ClusterMetadata

@@ -132,6 +132,14 @@ class StageSettings:
 P = TypeVar("P", JoinPartition, AggregatePartition)
 
 
+class TopicsMissing(Exception):  # noqa: N818 - a state to wait out, not a failure
+    """Inputs another worker makes are not there yet."""
+
+    def __init__(self, topics: list[str], fix: str) -> None:
+        super().__init__(", ".join(topics))
+        self.topics, self.fix = topics, fix
+
+
 class StageWorker(ABC, Generic[P]):
     """A consumer group member whose state is per partition and lives in a changelog."""
 
@@ -442,8 +450,7 @@ class StageWorker(ABC, Generic[P]):
     def run(self, stop: threading.Event) -> None:
         s = self.settings
         tune_process()
-        admin = AdminAccess(s.bootstrap_servers, s.kafka_config)
-        if not admin.retry_until_ready(self.prepare_topics, stop, what="topics"):
+        if not self._topics_ready(stop):
             self.close()
             return
         log.info("monitor_started", stage=self.stage, topics=self.topics(), group_id=self.group,
@@ -474,6 +481,21 @@ class StageWorker(ABC, Generic[P]):
                 if server is not None:
                     server.stop()
                 log.info("monitor_stopped", stage=self.stage, **self.last_counters)
+
+    def _topics_ready(self, stop: threading.Event) -> bool:
+        """Prepare the topics once the cluster answers; an input made by another stage (the
+        outcomes) is waited for, and the wait is said, as infer waits for its input topic."""
+        admin = AdminAccess(self.settings.bootstrap_servers, self.settings.kafka_config)
+        backoff = 1.0
+        while not stop.is_set():
+            try:
+                return admin.retry_until_ready(self.prepare_topics, stop, what="topics")
+            except TopicsMissing as missing:
+                log.warning("waiting_for_topics", stage=self.stage, topics=missing.topics,
+                            fix=missing.fix, retry_in_s=backoff)  # fmt: skip
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+        return False
 
     def _loop(self, stop: threading.Event) -> None:
         s = self.settings
@@ -710,21 +732,14 @@ class AggregateStage(StageWorker[AggregatePartition]):
     def prepare_topics(self, admin_config: dict[str, Any]) -> None:
         s = self.settings
         metadata = list_topics(s.bootstrap_servers, admin_config, timeout_s=10)
-        partitions = partition_count(metadata, s.outcomes_topic)
-        if partitions is None:
-            raise MonitorStartupError(
-                f"{s.outcomes_topic!r} does not exist at {s.bootstrap_servers}: start "
-                "`scorestream monitor --stage join` first (it creates it), or create it"
-            )
-        for topic in self.lead_topics:
-            count = partition_count(metadata, topic)
-            if count is None:
-                raise MonitorStartupError(
-                    f"{topic!r} does not exist at {s.bootstrap_servers}: the aggregate stage "
-                    "reads it for the checks before labels; create it or leave out "
-                    "--features-topic"
-                )
-            self.lead_partitions[topic] = count
+        counts = {t: partition_count(metadata, t) for t in [s.outcomes_topic, *self.lead_topics]}
+        missing = [t for t, count in counts.items() if count is None]
+        if missing:
+            raise TopicsMissing(missing, "start `scorestream monitor --stage join` (it makes "
+                                f"{s.outcomes_topic!r}); `scorestream infer` makes its "
+                                "predictions topic; or create them")  # fmt: skip
+        partitions = counts[s.outcomes_topic] or 1
+        self.lead_partitions = {t: counts[t] or 1 for t in self.lead_topics}
         _ensure(s, admin_config, {s.aggregate_changelog: partitions},
                 compact={s.aggregate_changelog})  # fmt: skip
 
