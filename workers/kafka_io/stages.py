@@ -225,13 +225,18 @@ class StageWorker(ABC, Generic[P]):
             "on_delivery": on_delivery,
             "delivery.report.only.error": True,
         }
+        defaults: dict[str, Any] = {"linger.ms": 5}
         if self.transactional_id is not None:
             required["transactional.id"] = self.transactional_id
+            # Under the consumer session timeout (45 s): by the time a killed instance's
+            # partitions move, the broker has aborted its open transaction, so the next owner
+            # reads every snapshot committed after it.
+            defaults["transaction.timeout.ms"] = 30_000
         else:
             # In order without gaps per partition: a label forwarded twice after a restart
             # is recognised by its source offset.
             required["enable.gapless.guarantee"] = True
-        return make_producer(s.bootstrap_servers, s.kafka_config, defaults={"linger.ms": 5},
+        return make_producer(s.bootstrap_servers, s.kafka_config, defaults=defaults,
                              required=required, name=f"{self.stage}-producer")  # fmt: skip
 
     def produce(  # noqa: PLR0913 - what a record is
