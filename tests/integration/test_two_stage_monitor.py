@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka import Producer
 
 from tests.conftest import KafkaUnderTest, TopicFactory
-from tests.integration.workers import WorkerProcess, read_topic
+from tests.integration.workers import WorkerProcess, murmur2_partition, read_topic
 from tests.outcome_stream import Stream, make_stream
 from workers.kafka_io.admin import list_topics
 
@@ -184,8 +184,13 @@ def check_outcomes_and_alerts(
     received = read_topic(bootstrap, topics["outcomes"], total, 60, 2)
     records = [json.loads(r.value or b"") for r in received]
     by_kind: dict[str, set[str]] = {"joined": set(), "expired": set(), "orphan": set()}
-    for record in records:
+    for record, raw in zip(records, received, strict=True):
         by_kind[record["kind"]].add(record["event_id"])
+        # Keyed by version (an orphan by its event_id), placed as a Java producer would.
+        key = record["event_id"] if record["kind"] == "orphan" else (
+            f"{record['model_name']}/{record['model_version']}")  # fmt: skip
+        assert raw.key == key.encode()
+        assert raw.partition == murmur2_partition(key.encode(), 4)
     assert by_kind == {"joined": stream.joined_ids, "expired": stream.expired,
                        "orphan": stream.orphans}  # fmt: skip
     carried = {r["event_id"]: r for r in records if "features" in r}
