@@ -21,10 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -33,7 +31,14 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from workers.commands.bench import describe_machine, machine, preload_joined, run_monitor, usage
+from workers.commands.bench import (
+    bench_broker,
+    describe_machine,
+    machine,
+    preload_joined,
+    run_monitor,
+    usage,
+)
 from workers.core.monitor import MonitorConfig
 from workers.kafka_io.admin import create_topics
 from workers.kafka_io.stages import AggregateStage, JoinStage, StageSettings, StageWorker
@@ -246,29 +251,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.events, args.repeat = 5000, 1
-    from workers.local_kafka import cluster  # noqa: PLC0415
-    from workers.local_kafka.layout import ClusterLayout  # noqa: PLC0415
-    from workers.local_kafka.runtime import default_cache_dir  # noqa: PLC0415
-
-    scratch = Path(tempfile.mkdtemp(prefix="scorestream-bench2-"))
-    bootstrap = os.environ.get("SCORESTREAM_BOOTSTRAP_SERVERS")
-    layout = None
-    if not bootstrap:
-        layout = ClusterLayout(1, 39192, scratch / "kafka")
-        bootstrap = cluster.start(layout, default_cache_dir(), os.environ.get("KAFKA_HOME"),
-                                  detach=False).bootstrap_servers  # fmt: skip
-    print("machine:", describe_machine(machine()))
-    try:
+    with bench_broker("scorestream-bench2-", 39192) as (bootstrap, _):
+        print("machine:", describe_machine(machine()))
         bench = Bench(args, bootstrap)
         for i in range(args.repeat):
             bench.round(i)
             done = ", ".join(f"{n} {r[-1]['events_per_s']:.0f}/s" for n, r in bench.runs.items())
             print(f"round {i + 1}/{args.repeat}: {done}")
         results = bench.report()
-    finally:
-        if layout is not None:
-            cluster.stop(layout)
-        shutil.rmtree(scratch, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written {args.out}")

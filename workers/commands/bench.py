@@ -43,7 +43,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -625,10 +625,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Start a broker unless one is configured, run the selected workloads, report, save."""
-    from workers.local_kafka import cluster  # noqa: PLC0415
-    from workers.local_kafka.layout import ClusterLayout  # noqa: PLC0415
-    from workers.local_kafka.runtime import default_cache_dir  # noqa: PLC0415
-
     if args.quick:
         args.events, args.naive_events, args.pending, args.repeat = 5000, 300, 20_000, 1
         args.latency_seconds = 1.0
@@ -636,28 +632,41 @@ def run(args: argparse.Namespace) -> int:
     if unknown := only - set(WORKLOAD_KEYS):
         print(f"--only: unknown {sorted(unknown)}; choose from {','.join(WORKLOAD_KEYS)}")
         return 2
-    scratch = Path(tempfile.mkdtemp(prefix="scorestream-bench-"))
-    bootstrap = os.environ.get("SCORESTREAM_BOOTSTRAP_SERVERS")
-    layout = None
-    if not bootstrap:
-        layout = ClusterLayout(1, 39092, scratch / "kafka")
-        bootstrap = cluster.start(layout, default_cache_dir(), os.environ.get("KAFKA_HOME"),
-                                  detach=False).bootstrap_servers  # fmt: skip
     results: dict[str, Any] = {"machine": machine(), "events": args.events,
                                "partitions": args.partitions, "workloads": {}}  # fmt: skip
-    print("machine:", describe_machine(results["machine"]))
-    try:
+    with bench_broker("scorestream-bench-", 39092) as (bootstrap, scratch):
+        print("machine:", describe_machine(results["machine"]))
         Bench(args, bootstrap, scratch, results).run(only)
-    finally:
-        if layout is not None:
-            cluster.stop(layout)
-        # The broker's data, the models: gigabytes after a full run.
-        shutil.rmtree(scratch, ignore_errors=True)
     ok = report(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written {args.out}")
     return 0 if ok or args.quick else 1
+
+
+@contextlib.contextmanager
+def bench_broker(prefix: str, port: int) -> Iterator[tuple[str, Path]]:
+    """The bootstrap servers to bench against and a scratch folder: the broker of
+    SCORESTREAM_BOOTSTRAP_SERVERS when set, else one started here (on `port`) and stopped at
+    the end; the folder is removed at the end (the broker's data, the models: gigabytes after
+    a full run)."""
+    from workers.local_kafka import cluster  # noqa: PLC0415
+    from workers.local_kafka.layout import ClusterLayout  # noqa: PLC0415
+    from workers.local_kafka.runtime import default_cache_dir  # noqa: PLC0415
+
+    scratch = Path(tempfile.mkdtemp(prefix=prefix))
+    bootstrap = os.environ.get("SCORESTREAM_BOOTSTRAP_SERVERS")
+    layout = None
+    try:
+        if not bootstrap:
+            layout = ClusterLayout(1, port, scratch / "kafka")
+            bootstrap = cluster.start(layout, default_cache_dir(), os.environ.get("KAFKA_HOME"),
+                                      detach=False).bootstrap_servers  # fmt: skip
+        yield bootstrap, scratch
+    finally:
+        if layout is not None:
+            cluster.stop(layout)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def describe_machine(m: dict[str, Any]) -> str:

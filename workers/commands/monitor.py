@@ -366,35 +366,15 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def split_stage(args: argparse.Namespace, settings: MonitorSettings) -> JoinStage | AggregateStage:
-    s = settings
     if args.stage == "join" and (args.features_topic or args.model):
         raise SettingsError(
             "--features-topic and --model belong to the aggregate stage: pass them to "
             "`scorestream monitor --stage aggregate`"
         )
-    stage_settings = StageSettings(
-        bootstrap_servers=s.bootstrap_servers,
-        predictions_topic=s.predictions_topic,
-        labels_topic=s.labels_topic,
-        alerts_topic=s.alerts_topic,
-        outcomes_topic=args.outcomes_topic,
-        group_id=s.group_id,
-        kafka_config=s.kafka_config,
-        config=s.config,
+    stage_settings = StageSettings.of(
+        settings, outcomes_topic=args.outcomes_topic,
         instance_id=args.instance_id or socket.gethostname(),
-        exactly_once=s.exactly_once,
-        checkpoint_interval_s=s.checkpoint_interval_s,
-        log_interval_s=s.log_interval_s,
-        metrics_port=s.metrics_port,
-        redact_features=s.redact_features,
-        model_dir=s.model_dir,
-        manifest=s.manifest,
-        verifier=s.verifier,
-        features_topic=s.features_topic,
-        feature_window=s.feature_window,
-        shape_window=s.shape_window,
-        feature_z_threshold=s.feature_z_threshold,
-    )
+    )  # fmt: skip
     if args.stage == "join":
         return JoinStage(stage_settings)
     return AggregateStage(stage_settings)

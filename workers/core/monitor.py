@@ -9,9 +9,9 @@ checkpointed and handed over on their own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import numpy as np
@@ -80,6 +80,7 @@ class LabelKey(msgspec.Struct, gc=False):
 
 
 PREDICTION_DECODER = msgspec.json.Decoder(PredictionIn)
+BAD_RECORD = (msgspec.DecodeError, ValueError, RecursionError)
 LABEL_DECODER = msgspec.json.Decoder(LabelIn)
 LABEL_KEY_DECODER = msgspec.json.Decoder(LabelKey)
 
@@ -207,15 +208,9 @@ class MonitorState:
     ) -> list[Alert]:
         try:
             p = PREDICTION_DECODER.decode(value or b"")
-        except (msgspec.DecodeError, ValueError, RecursionError):
+        except BAD_RECORD:
             self.invalid_predictions += 1
             return []
-        positive = None
-        if p.probabilities is not None and len(p.probabilities) == 2:
-            # Written in the model's class order: the positive class is its second
-            # (classes_[1]), as for scikit-learn's binary metrics. Not the larger string:
-            # for classes [9, 10] that would be "9".
-            _, positive = p.probabilities
         event_time = self._bounded(p.event_time, timestamp_ms)
         alerts: list[Alert] = []
         chance = None
@@ -223,13 +218,7 @@ class MonitorState:
         if checks is not None:
             chance = self._on_checked_prediction(checks, p, now_ms, alerts)
             self._count(alerts)
-        # A regressor's prediction: a fractional number (a float, as infer writes every
-        # regressor's value, 3.0 included) and no class probabilities. A classifier's class is
-        # a string, an integer or a boolean.
-        regression = p.probabilities is None and type(p.label) is float
-        pending = PendingPrediction(
-            p.model_name, p.model_version, p.label, event_time, positive, regression, chance
-        )
+        pending = pending_prediction(p, event_time, chance)
         outcome = self.join_for(partition).add_prediction(p.event_id, pending)
         if outcome is not None:
             alerts += self.on_outcome(outcome, now_ms)
@@ -291,7 +280,7 @@ class MonitorState:
         share of a prediction: the join stage joins it)."""
         try:
             p = PREDICTION_DECODER.decode(value or b"")
-        except (msgspec.DecodeError, ValueError, RecursionError):
+        except BAD_RECORD:
             self.invalid_predictions += 1
             return []
         alerts: list[Alert] = []
@@ -329,11 +318,10 @@ class MonitorState:
     def label_key(self, value: bytes | None) -> bytes | None:
         """The event_id a label is re-keyed by, or None for a label that is no Label (counted
         here, where it is first read)."""
-        try:
-            return LABEL_KEY_DECODER.decode(value or b"").event_id.encode()
-        except (msgspec.DecodeError, ValueError, RecursionError):
+        key = label_key(value)
+        if key is None:
             self.invalid_labels += 1
-            return None
+        return key
 
     def on_forwarded_label(
         self,
@@ -360,14 +348,10 @@ class MonitorState:
     ) -> list[Alert]:
         try:
             label = LABEL_DECODER.decode(value or b"")
-        except (msgspec.DecodeError, ValueError, RecursionError):
+        except BAD_RECORD:
             self.invalid_labels += 1
             return []
-        label_time = (
-            timestamp_ms
-            if label.label_time is None
-            else self._bounded(label.label_time, timestamp_ms)
-        )
+        label_time = label_time_of(label, timestamp_ms, self._bounded)
         outcome = self.join_for(partition).add_label(
             label.event_id, label.label, label_time, source
         )
@@ -542,3 +526,51 @@ def _score(kind: str | None, label: LabelValue, probabilities: list[float] | Non
     if kind == "predicted_value":
         return float(label) if is_number(label) else None
     return label
+
+
+class PredictionFields(Protocol):
+    """What a decoded Prediction has that a pending one is made of."""
+
+    @property
+    def model_name(self) -> str: ...
+    @property
+    def model_version(self) -> int: ...
+    @property
+    def label(self) -> LabelValue: ...
+    @property
+    def probabilities(self) -> dict[str, float] | None: ...
+
+
+def pending_prediction(
+    p: PredictionFields,
+    event_time: int,
+    expected: float | None = None,
+    score: float | None = None,
+    features: dict[str, Any] | None = None,
+) -> PendingPrediction:
+    """A decoded Prediction as it waits for its label."""
+    positive = None
+    if p.probabilities is not None and len(p.probabilities) == 2:
+        # Written in the model's class order: the positive class is its second
+        # (classes_[1]), as for scikit-learn's binary metrics. Not the larger string:
+        # for classes [9, 10] that would be "9".
+        _, positive = p.probabilities
+    # A regressor's prediction: a fractional number (a float, as infer writes every
+    # regressor's value, 3.0 included) and no class probabilities. A classifier's class is
+    # a string, an integer or a boolean.
+    regression = p.probabilities is None and type(p.label) is float
+    return PendingPrediction(p.model_name, p.model_version, p.label, event_time, positive,
+                             regression, expected, score, features)  # fmt: skip
+
+
+def label_key(value: bytes | None) -> bytes | None:
+    """The event_id a label is re-keyed by; None for a label that is no Label."""
+    try:
+        return LABEL_KEY_DECODER.decode(value or b"").event_id.encode()
+    except BAD_RECORD:
+        return None
+
+
+def label_time_of(label: LabelIn, timestamp_ms: int, bounded: Callable[[int, int], int]) -> int:
+    """A label's time: its label_time (bounded by its record's timestamp), else the timestamp."""
+    return timestamp_ms if label.label_time is None else bounded(label.label_time, timestamp_ms)

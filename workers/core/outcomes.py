@@ -21,11 +21,18 @@ from workers.core.label_join import (
     JoinCounters,
     LabelJoin,
     Outcome,
-    PendingPrediction,
     Unjoined,
     is_number,
 )
-from workers.core.monitor import LABEL_DECODER, LabelValue, MonitorConfig, MonitorState
+from workers.core.monitor import (
+    BAD_RECORD,
+    LABEL_DECODER,
+    LabelValue,
+    MonitorConfig,
+    MonitorState,
+    label_time_of,
+    pending_prediction,
+)
 
 JOINED, EXPIRED, ORPHAN = "joined", "expired", "orphan"
 
@@ -74,7 +81,6 @@ class StagePredictionIn(msgspec.Struct, gc=False):
 
 
 STAGE_PREDICTION_DECODER = msgspec.json.Decoder(StagePredictionIn)
-_BAD = (msgspec.DecodeError, ValueError, RecursionError)
 
 
 def joined_record(outcome: Outcome, now_ms: int) -> OutcomeRecord:
@@ -131,17 +137,11 @@ class JoinPartition:
     ) -> list[OutcomeRecord]:
         try:
             p = STAGE_PREDICTION_DECODER.decode(value or b"")
-        except _BAD:
+        except BAD_RECORD:
             self.invalid_predictions += 1
             return []
-        positive = None
-        if p.probabilities is not None and len(p.probabilities) == 2:
-            _, positive = p.probabilities  # the model's second class, as the monitor's
-        regression = p.probabilities is None and type(p.label) is float
-        pending = PendingPrediction(
-            p.model_name, p.model_version, p.label, self._bounded(p.event_time, timestamp_ms),
-            positive, regression, score=p.score, features=p.features,
-        )  # fmt: skip
+        event_time = self._bounded(p.event_time, timestamp_ms)
+        pending = pending_prediction(p, event_time, score=p.score, features=p.features)
         return self._records(self.join.add_prediction(p.event_id, pending), now_ms)
 
     def on_label(
@@ -154,14 +154,10 @@ class JoinPartition:
             return []
         try:
             label = LABEL_DECODER.decode(value or b"")
-        except _BAD:
+        except BAD_RECORD:
             self.invalid_labels += 1
             return []
-        label_time = (
-            timestamp_ms
-            if label.label_time is None
-            else self._bounded(label.label_time, timestamp_ms)
-        )
+        label_time = label_time_of(label, timestamp_ms, self._bounded)
         outcome = self.join.add_label(label.event_id, label.label, label_time, source[0])
         return self._records(outcome, now_ms)
 
@@ -223,7 +219,7 @@ class AggregatePartition:
     def on_record(self, value: bytes | None, now_ms: int) -> list[Alert]:
         try:
             record = OUTCOME_DECODER.decode(value or b"")
-        except _BAD:
+        except BAD_RECORD:
             self._count("invalid_outcomes")
             return []
         if self.recent is not None:

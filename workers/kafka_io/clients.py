@@ -142,6 +142,23 @@ def make_consumer(bootstrap_servers: str, extra: Mapping[str, str], **how: Any) 
     return Consumer(client_config(bootstrap_servers, extra, **how))
 
 
+def produce_when_room(
+    producer: Producer,
+    topic: str,
+    value: bytes | None,
+    key: bytes | None,
+    **how: Any,  # noqa: ANN401 - produce()'s own keywords
+) -> None:
+    """Produce; while librdkafka's local queue is full, serve delivery reports and try again."""
+    while True:
+        try:
+            producer.produce(topic, value, key, **how)
+        except BufferError:
+            producer.poll(0.1)
+        else:
+            return
+
+
 class LastError:
     """error_cb for a short-lived client (an admin call): keeps the last error so a failure
     that surfaces only as a timeout can say why (wrong password, untrusted certificate)."""

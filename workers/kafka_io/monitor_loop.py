@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from workers.kafka_io.clients import (
     make_consumer,
     make_producer,
     partition_lags,
+    produce_when_room,
     redact,
 )
 from workers.metrics import REFRESH_INTERVAL_S, MetricsServer, MetricsSnapshot, MonitorMetrics
@@ -79,6 +81,17 @@ def _published_seqs(settings: MonitorSettings, transactional_id: str, since_ms: 
         return seqs
     finally:
         consumer.close()
+
+
+def forwarding(msg: Message, partition: int, offset: int) -> dict[str, Any]:
+    """How a label read at `partition`/`offset` of the labels topic is re-keyed: a header
+    saying where it came from (read back by `_source`) and the record's own time."""
+    return {
+        "headers": [("scorestream.source", f"{partition}:{offset}".encode())],
+        # A label without label_time is timed by its record; 0 lets the client stamp one
+        # that had none.
+        "timestamp": max(msg.timestamp()[1], 0),
+    }
 
 
 def _source(msg: Message) -> tuple[int, int]:
@@ -224,27 +237,8 @@ class MonitorWorker:
         self._failed_alerts: dict[int, str] = {}
         # The partitions this instance holds, with the generation it claimed them at.
         self._claims: dict[tuple[str, int], int] = {}
-        self.consumer: Consumer = make_consumer(
-            s.bootstrap_servers,
-            s.kafka_config,
-            defaults={
-                "auto.offset.reset": "earliest",
-                "fetch.wait.max.ms": 50,
-                "fetch.queue.backoff.ms": 10,  # not 1 s of idling after a full local queue
-                # Smaller per-partition fetches interleave the partitions of a backlog more
-                # finely, so joined outcomes reach the rolling window closer to time order.
-                "max.partition.fetch.bytes": 262_144,
-            },
-            required={
-                "group.id": s.group_id,
-                # Range gives partition n of predictions and of the re-keyed labels to one member.
-                "partition.assignment.strategy": "range",
-                # The checkpoint is the source of truth; Kafka commits only show the lag.
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-            },
-            name="monitor-consumer",
-        )
+        self.consumer = monitor_consumer(s.bootstrap_servers, s.kafka_config, s.group_id,
+                                         "monitor-consumer")  # fmt: skip
 
     def _new_forwarder(self) -> Producer:
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
@@ -305,13 +299,8 @@ class MonitorWorker:
                 headers: list[tuple[str, str | bytes | None]] = [
                            ("scorestream.transactional_id", self.transactional_id or ""),
                            ("scorestream.alert_seq", str(seq))]  # fmt: skip
-                while True:
-                    try:
-                        producer.produce(self.settings.alerts_topic, value, key,
-                                         headers=headers)  # fmt: skip
-                        break
-                    except BufferError:
-                        producer.poll(0.1)
+                produce_when_room(producer, self.settings.alerts_topic, value, key,
+                                  headers=headers)  # fmt: skip
             # Bounded as the infer worker's commits are: librdkafka can block here past its
             # own timeout once the coordinator went away.
             bounded_call(lambda: producer.commit_transaction(30), TXN_CALL_LIMIT_S)
@@ -513,37 +502,21 @@ class MonitorWorker:
 
     def _loop(self, stop: threading.Event) -> None:
         s = self.settings
-        next_checkpoint = time.monotonic() + s.checkpoint_interval_s
-        next_summary = time.monotonic() + s.log_interval_s
-        next_refresh = time.monotonic() + REFRESH_INTERVAL_S
-        while not stop.is_set():
+
+        def step() -> None:
             msgs = self.consumer.consume(num_messages=s.batch_size, timeout=0.1)
             if msgs:
                 self._process(msgs)
-            now = time.monotonic()
-            if now >= next_refresh:
-                self._refresh_metrics()
-                next_refresh = now + REFRESH_INTERVAL_S
-            if now >= next_checkpoint:
-                self.checkpoint()
-                next_checkpoint = now + s.checkpoint_interval_s
-            if now >= next_summary:
-                self._log_summary()
-                next_summary = now + s.log_interval_s
+
+        loop_until(stop, step, [(REFRESH_INTERVAL_S, self._refresh_metrics),
+                                (s.checkpoint_interval_s, self.checkpoint),
+                                (s.log_interval_s, self._log_summary)])  # fmt: skip
 
     def _process(self, msgs: list[Message]) -> None:
         now_ms = time.time_ns() // 1_000_000
         alerts: list[Alert] = []
         seen: dict[str, int] = {}
-        for msg in msgs:
-            err = msg.error()
-            if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:  # noqa: SLF001
-                    log.warning("consume_error", code=err.name(), reason=err.str())
-                continue
-            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-            if topic is None or partition is None or offset is None:
-                continue
+        for msg, topic, partition, offset in records(msgs):
             seen[topic] = seen.get(topic, 0) + 1
             alerts += self._one(msg, topic, partition, offset, now_ms)
             self.offsets[(topic, partition)] = offset + 1
@@ -577,19 +550,8 @@ class MonitorWorker:
         key = self.state.label_key(msg.value())
         if key is None:
             return
-        headers: list[tuple[str, str | bytes | None]] = [
-            ("scorestream.source", f"{partition}:{offset}".encode())
-        ]
-        # The record's own time travels with it (a label without label_time is timed by it);
-        # 0 lets the client stamp one that had none.
-        stamp = max(msg.timestamp()[1], 0)
-        while True:
-            try:
-                self.forwarder.produce(self.settings.repartition_topic, msg.value(), key,
-                                       headers=headers, timestamp=stamp)  # fmt: skip
-                break
-            except BufferError:
-                self.forwarder.poll(0.1)
+        produce_when_room(self.forwarder, self.settings.repartition_topic, msg.value(), key,
+                          **forwarding(msg, partition, offset))  # fmt: skip
 
     def _count_consumed(self, per_topic: dict[str, int]) -> None:
         s = self.settings
@@ -620,13 +582,8 @@ class MonitorWorker:
             elif seq in self._unacked_alerts:
                 self._failed_alerts[seq] = err.str()
 
-        while True:
-            try:
-                self.producer.produce(self.settings.alerts_topic, value, key,
-                                      on_delivery=on_delivery)  # fmt: skip
-                break
-            except BufferError:
-                self.producer.poll(0.1)
+        produce_when_room(self.producer, self.settings.alerts_topic, value, key,
+                          on_delivery=on_delivery)  # fmt: skip
         self.producer.poll(0)
 
     def checkpoint(self) -> bool:
@@ -855,3 +812,59 @@ def _attach_reference_drift(
         features=drift.univariate.describe(),
     )  # fmt: skip
     return decoder
+
+
+def monitor_consumer(
+    bootstrap_servers: str, kafka_config: dict[str, str], group_id: str, name: str
+) -> Consumer:
+    """The consumer of a monitor group (either monitor, either stage)."""
+    return make_consumer(
+        bootstrap_servers,
+        kafka_config,
+        defaults={
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": 50,
+            "fetch.queue.backoff.ms": 10,  # not 1 s of idling after a full local queue
+            # Smaller per-partition fetches interleave the partitions of a backlog more
+            # finely, so joined outcomes reach the rolling window closer to time order.
+            "max.partition.fetch.bytes": 262_144,
+        },
+        required={
+            "group.id": group_id,
+            # Range gives partition n of every subscribed topic (predictions, the re-keyed
+            # labels) to one member.
+            "partition.assignment.strategy": "range",
+            # The checkpoint is the source of truth; Kafka commits only show the lag.
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        },
+        name=name,
+    )
+
+
+def records(msgs: list[Message]) -> Iterator[tuple[Message, str, int, int]]:
+    """Each record of a batch with its topic, partition and offset; errors other than the
+    end of a partition are logged and skipped."""
+    for msg in msgs:
+        err = msg.error()
+        if err is not None:
+            if err.code() != KafkaError._PARTITION_EOF:  # noqa: SLF001
+                log.warning("consume_error", code=err.name(), reason=err.str())
+            continue
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        if topic is not None and partition is not None and offset is not None:
+            yield msg, topic, partition, offset
+
+
+def loop_until(
+    stop: threading.Event, step: Callable[[], None], every: list[tuple[float, Callable[[], Any]]]
+) -> None:
+    """Call `step` until stopped, and each task of `every` (interval s, task) when due."""
+    due = [time.monotonic() + interval for interval, _ in every]
+    while not stop.is_set():
+        step()
+        now = time.monotonic()
+        for i, (interval, task) in enumerate(every):
+            if now >= due[i]:
+                task()
+                due[i] = now + interval

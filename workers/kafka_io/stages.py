@@ -21,11 +21,10 @@ import pickle
 import threading
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-import msgspec
 import structlog
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -39,7 +38,7 @@ from confluent_kafka import (
 
 from workers.core.alerts import Alert
 from workers.core.events import EventDecoder, InvalidEvent
-from workers.core.monitor import LABEL_KEY_DECODER, MonitorConfig, MonitorState, ReferenceLookup
+from workers.core.monitor import MonitorConfig, MonitorState, ReferenceLookup, label_key
 from workers.core.outcomes import (
     OUTCOME_ENCODER,
     AggregatePartition,
@@ -65,14 +64,20 @@ from workers.kafka_io.clients import (
     make_consumer,
     make_producer,
     partition_lags,
+    produce_when_room,
     redact,
 )
 from workers.kafka_io.monitor_loop import (
+    MonitorSettings,
     MonitorStartupError,
     _source,
     announce,
     attach_feature_drift,
+    forwarding,
+    loop_until,
+    monitor_consumer,
     publish_metrics,
+    records,
 )
 from workers.metrics import REFRESH_INTERVAL_S, MetricsServer, MonitorMetrics
 from workers.model_store import NO_KEYS, Manifest
@@ -111,6 +116,15 @@ class StageSettings:
     feature_window: int = 200
     shape_window: int = 500
     feature_z_threshold: float = 5.0
+
+    @classmethod
+    def of(
+        cls, monitor: MonitorSettings, *, outcomes_topic: str, instance_id: str
+    ) -> StageSettings:
+        """The one-process monitor's settings, for a stage (what a stage has no use for,
+        --state-dir, is left behind)."""
+        same = {f.name: getattr(monitor, f.name) for f in fields(cls) if hasattr(monitor, f.name)}
+        return cls(**{**same, "outcomes_topic": outcomes_topic, "instance_id": instance_id})
 
     @property
     def repartition_topic(self) -> str:
@@ -167,24 +181,8 @@ class StageWorker(ABC, Generic[P]):
         )
         self.abandoned_producers: list[Producer] = []
         self.producer = self.new_producer()
-        self.consumer: Consumer = make_consumer(
-            s.bootstrap_servers,
-            s.kafka_config,
-            defaults={
-                "auto.offset.reset": "earliest",
-                "fetch.wait.max.ms": 50,
-                "fetch.queue.backoff.ms": 10,
-                "max.partition.fetch.bytes": 262_144,
-            },
-            required={
-                "group.id": self.group,
-                # Range gives partition n of every subscribed topic to one member.
-                "partition.assignment.strategy": "range",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-            },
-            name=f"{self.stage}-consumer",
-        )
+        self.consumer = monitor_consumer(s.bootstrap_servers, s.kafka_config, self.group,
+                                         f"{self.stage}-consumer")  # fmt: skip
         self.last_counters: dict[str, int] = {}
 
     # -- what a stage is --------------------------------------------------------------------
@@ -249,14 +247,8 @@ class StageWorker(ABC, Generic[P]):
         headers: list[tuple[str, str | bytes | None]] | None = None,
         timestamp: int = 0,
     ) -> None:
-        while True:
-            try:
-                self.producer.produce(topic, value, key, partition=partition, headers=headers,
-                                      timestamp=timestamp)  # fmt: skip
-            except BufferError:
-                self.producer.poll(0.1)
-            else:
-                return
+        produce_when_room(self.producer, topic, value, key, partition=partition,
+                          headers=headers, timestamp=timestamp)  # fmt: skip
 
     # -- state in the changelog -------------------------------------------------------------
 
@@ -504,24 +496,16 @@ class StageWorker(ABC, Generic[P]):
 
     def _loop(self, stop: threading.Event) -> None:
         s = self.settings
-        next_checkpoint = time.monotonic() + s.checkpoint_interval_s
-        next_summary = time.monotonic() + s.log_interval_s
-        next_refresh = time.monotonic() + REFRESH_INTERVAL_S
-        while not stop.is_set():
+
+        def step() -> None:
             msgs = self.consumer.consume(num_messages=s.batch_size, timeout=0.1)
             if msgs:
                 self._process(msgs)
             self.poll_more(time.time_ns() // 1_000_000)
-            now = time.monotonic()
-            if now >= next_refresh:
-                self._refresh_metrics()
-                next_refresh = now + REFRESH_INTERVAL_S
-            if now >= next_checkpoint:
-                self.checkpoint()
-                next_checkpoint = now + s.checkpoint_interval_s
-            if now >= next_summary:
-                self._log_summary()
-                next_summary = now + s.log_interval_s
+
+        loop_until(stop, step, [(REFRESH_INTERVAL_S, self._refresh_metrics),
+                                (s.checkpoint_interval_s, self.checkpoint),
+                                (s.log_interval_s, self._log_summary)])  # fmt: skip
 
     def in_transaction(self) -> None:
         """Exactly-once: what is produced from here on goes in the open transaction."""
@@ -544,15 +528,7 @@ class StageWorker(ABC, Generic[P]):
         self.in_transaction()
         now_ms = time.time_ns() // 1_000_000
         seen: dict[str, int] = {}
-        for msg in msgs:
-            err = msg.error()
-            if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:  # noqa: SLF001
-                    log.warning("consume_error", code=err.name(), reason=err.str())
-                continue
-            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-            if topic is None or partition is None or offset is None:
-                continue
+        for msg, topic, partition, offset in records(msgs):
             seen[topic] = seen.get(topic, 0) + 1
             if topic in self.state_topics:
                 part = self.parts.get(partition)
@@ -663,14 +639,16 @@ class JoinStage(StageWorker[JoinPartition]):
         """Re-key a label by event_id onto the repartition topic (see the one-process
         monitor): it meets its prediction's partition whatever partitioner its producer
         used. A label that is no Label is counted where it is first read."""
-        try:
-            key = _label_key(msg.value())
-        except ValueError:
+        key = label_key(msg.value())
+        if key is None:
             self.bad_labels += 1
             return
-        self.produce(self.settings.repartition_topic, msg.value() or b"", key,
-                     headers=[("scorestream.source", f"{partition}:{offset}".encode())],
-                     timestamp=max(msg.timestamp()[1], 0))  # fmt: skip
+        self.produce(
+            self.settings.repartition_topic,
+            msg.value() or b"",
+            key,
+            **forwarding(msg, partition, offset),
+        )
 
     def stream_name(self, topic: str) -> str:
         s = self.settings
@@ -681,13 +659,6 @@ class JoinStage(StageWorker[JoinPartition]):
         counters = sum_counters([part.counters() for part in self.parts.values()])
         counters["invalid_labels"] = counters.get("invalid_labels", 0) + self.bad_labels
         return counters, {}, {}
-
-
-def _label_key(value: bytes | None) -> bytes:
-    try:
-        return LABEL_KEY_DECODER.decode(value or b"").event_id.encode()
-    except (msgspec.DecodeError, RecursionError) as exc:
-        raise ValueError(str(exc)) from exc
 
 
 class AggregateStage(StageWorker[AggregatePartition]):
@@ -787,10 +758,7 @@ class AggregateStage(StageWorker[AggregatePartition]):
         self.in_transaction()
         lead, s = part.lead, self.settings
         seen = {"predictions": 0, "features": 0}
-        for msg in msgs:
-            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-            if msg.error() is not None or topic is None or partition is None or offset is None:
-                continue
+        for msg, topic, partition, offset in records(msgs):
             if topic == s.predictions_topic:
                 alerts = lead.state.check_prediction(msg.value(), now_ms)
                 seen["predictions"] += 1
