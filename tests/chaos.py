@@ -243,25 +243,31 @@ def _feed(  # noqa: PLR0913, PLR0917
     done: threading.Event,
 ) -> None:
     """Produce the three streams at a steady pace over `seconds` (acks=all, idempotent)."""
-    # Predictions keyed as infer keys them (murmur2); the monitor re-keys the labels.
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
-                         "linger.ms": 5, "partitioner": "murmur2_random"})  # fmt: skip
+    # Half the predictions keyed as infer keys them (murmur2), half as another team's service
+    # writes them (librdkafka's default partitioner): the monitors re-key the latter and the
+    # labels.
+    config = {"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
+              "linger.ms": 5}  # fmt: skip
+    producer = Producer({**config, "partitioner": "murmur2_random"})
+    foreign = Producer(config)
     steps = max(1, int(seconds * 10))
     parts = [(t["in"], stream), (t["pred"], truth.predictions), (t["lab"], truth.labels)]
     start = time.monotonic()
     for step in range(steps):
         for topic, records in parts:
             lo, hi = len(records) * step // steps, len(records) * (step + 1) // steps
-            for key, value in records[lo:hi]:
+            for i, (key, value) in enumerate(records[lo:hi], start=lo):
+                out = foreign if topic == t["pred"] and i % 2 else producer
                 while True:
                     try:
-                        producer.produce(topic, value, key)
+                        out.produce(topic, value, key)
                         break
                     except BufferError:
-                        producer.poll(0.1)
+                        out.poll(0.1)
         producer.poll(0)
+        foreign.poll(0)
         time.sleep(max(0.0, start + (step + 1) * seconds / steps - time.monotonic()))
-    if producer.flush(300) != 0:
+    if producer.flush(300) != 0 or foreign.flush(300) != 0:
         raise RuntimeError("the feeder could not deliver every record")
     done.set()
 

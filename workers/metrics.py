@@ -101,6 +101,7 @@ MONITOR_OUTCOMES = (
     "invalid_labels",
     "times_clamped",
     "forward_replays",
+    "misplaced_predictions",
 )
 
 

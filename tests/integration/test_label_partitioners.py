@@ -17,7 +17,7 @@ from confluent_kafka import Producer
 from tests.conftest import IN_CI, KafkaUnderTest, TopicFactory
 from tests.integration.test_infer import events, feature_rows, infer_args
 from tests.integration.test_monitor import monitor_args, wait_for_summary
-from tests.integration.workers import WorkerProcess, murmur2, murmur2_partition, read_topic
+from tests.integration.workers import WorkerProcess, murmur2_partition, read_topic
 from workers.kafka_io.roundtrip import produce_all
 from workers.local_kafka.runtime import default_cache_dir
 from workers.model_store import load_version
@@ -49,20 +49,6 @@ def java_label_producer(tmp_path: Path) -> list[str]:
     subprocess.run([javac, "-cp", f"{libs}/*", "-d", str(classes), str(JAVA_SOURCE)],
                    check=True, capture_output=True)  # fmt: skip
     return ["java", "-cp", f"{libs}/*{os.pathsep}{classes}", "LabelProducer"]
-
-
-def test_python_murmur2_agrees_with_the_java_client() -> None:
-    # Known answers of org.apache.kafka.common.utils.Utils.murmur2 (from Kafka's UtilsTest).
-    cases = {
-        b"21": -973932308,
-        b"foobar": -790332482,
-        b"a-little-bit-long-string": -985981536,
-        b"a-little-bit-longer-string": -1486304829,
-        b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
-        b"abc": 479470107,
-    }
-    for key, signed in cases.items():
-        assert murmur2(key) == signed & 0xFFFFFFFF, key
 
 
 def test_labels_from_any_client_and_partitioner_join(

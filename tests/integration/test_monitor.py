@@ -113,8 +113,11 @@ def advance_clocks(bootstrap: str, topics: dict[str, str], partitions: int) -> N
     """One far-future prediction and label per partition, so every TTL has passed."""
     far = BASE + 100 * 3_600_000
     for p in range(partitions):
+        # On its own partition as murmur2 places its id (one elsewhere would be re-keyed).
+        ids = (f"clock-p{p}-{k}" for k in range(10_000))
+        event_id = next(e for e in ids if murmur2_partition(e.encode(), partitions) == p)
         prediction = {
-            "event_id": f"clock-p{p}",
+            "event_id": event_id,
             "model_name": "clock",
             "model_version": 1,
             "label": 0,

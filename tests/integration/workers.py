@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin._config import AlterConfigOpType, ConfigEntry, ConfigResource
 from prometheus_client.parser import text_string_to_metric_families
 
+from workers.core.partitioning import partition_of
 from workers.kafka_io.admin import admin_client
 from workers.kafka_io.roundtrip import Received, consume_exact
 
@@ -135,31 +136,6 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-def murmur2(data: bytes) -> int:
-    """Kafka's Java clients' key hash (org.apache.kafka.common.utils.Utils.murmur2)."""
-    m, r = 0x5BD1E995, 24
-    h = (0x9747B28C ^ len(data)) & 0xFFFFFFFF
-    whole = len(data) // 4 * 4
-    for i in range(0, whole, 4):
-        k = int.from_bytes(data[i : i + 4], "little")
-        k = (k * m) & 0xFFFFFFFF
-        k ^= k >> r
-        k = (k * m) & 0xFFFFFFFF
-        h = ((h * m) & 0xFFFFFFFF) ^ k
-    tail = data[whole:]
-    if len(tail) == 3:
-        h ^= tail[2] << 16
-    if len(tail) >= 2:
-        h ^= tail[1] << 8
-    if tail:
-        h ^= tail[0]
-        h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 15
-    return h
-
-
 def murmur2_partition(key: bytes, partitions: int) -> int:
     """The partition a Java producer (and librdkafka's murmur2 partitioner) picks for `key`."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return partition_of(key, partitions)

@@ -233,6 +233,10 @@ class LabelJoin:
     # partition of the labels topic, the highest source offset joined here. A label forwarded
     # again (its forwarder restarted from a checkpoint) is recognised and not counted twice.
     forwarded: dict[int, int] = field(default_factory=dict)
+    # The same for predictions that were not on their event_id's murmur2 partition (written
+    # by another producer) and were re-keyed onto the repartition topic: per predictions
+    # partition, the highest source offset taken here.
+    forwarded_predictions: dict[int, int] = field(default_factory=dict)
     # Per source partition, the newest label_time it brought. The re-keyed stream merges the
     # sources as they happen to be read, one far ahead of another: the label side's clock is
     # the slowest source's, so a source read ahead never expires what another still brings (a
@@ -252,6 +256,8 @@ class LabelJoin:
             object.__setattr__(self, name, value)
         if not hasattr(self, "forwarded"):
             self.forwarded = {}
+        if not hasattr(self, "forwarded_predictions"):
+            self.forwarded_predictions = {}
         if not hasattr(self, "source_clocks"):
             self.source_clocks = {}
         if not hasattr(self, "emitting"):
@@ -265,11 +271,15 @@ class LabelJoin:
             for event_id, (_, label_time) in self.labels.items():
                 self.label_expiry.add(event_id, label_time)
 
-    def first_forwarding(self, source_partition: int, source_offset: int) -> bool:
-        """True the first time this label (by its place in the labels topic) comes through."""
-        if source_offset <= self.forwarded.get(source_partition, -1):
+    def first_forwarding(
+        self, source_partition: int, source_offset: int, *, prediction: bool = False
+    ) -> bool:
+        """True the first time this label (or re-keyed prediction), by its place in the topic
+        it was first read from, comes through."""
+        seen = self.forwarded_predictions if prediction else self.forwarded
+        if source_offset <= seen.get(source_partition, -1):
             return False
-        self.forwarded[source_partition] = source_offset
+        seen[source_partition] = source_offset
         return True
 
     def _prediction_time(self, event_id: str) -> int | None:

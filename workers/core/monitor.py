@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 import numpy as np
@@ -50,6 +50,7 @@ from workers.core.label_join import (
     PendingPrediction,
     is_number,
 )
+from workers.core.partitioning import partition_of
 from workers.core.performance import RollingError, RollingPerformance
 
 # A class, or a regressor's predicted / true value.
@@ -83,6 +84,20 @@ PREDICTION_DECODER = msgspec.json.Decoder(PredictionIn)
 BAD_RECORD = (msgspec.DecodeError, ValueError, RecursionError)
 LABEL_DECODER = msgspec.json.Decoder(LabelIn)
 LABEL_KEY_DECODER = msgspec.json.Decoder(LabelKey)
+
+
+class Misplaced(NamedTuple):
+    """A prediction read from another partition than its event_id's murmur2 one (written by
+    another producer's partitioner): re-keyed by `key` onto the repartition topic, it is
+    checked and joined where its label goes, and not here."""
+
+    key: bytes
+
+
+def misplaced(event_id: str, partition: int, partitions: int) -> Misplaced | None:
+    if partitions <= 1 or partition_of(event_id, partitions) == partition:
+        return None
+    return Misplaced(event_id.encode())
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +192,7 @@ class MonitorState:
     alerts_raised: dict[str, int] = field(default_factory=dict)
     times_clamped: int = 0
     forward_replays: int = 0
+    misplaced_predictions: int = 0
     references: ReferenceLookup = field(default_factory=ReferenceLookup)
     # None: a version without a reference (looked up once).
     prediction_checks: dict[tuple[str, int], PredictionChecks | None] = field(default_factory=dict)
@@ -205,12 +221,24 @@ class MonitorState:
 
     def on_prediction(
         self, partition: int, value: bytes | None, now_ms: int, timestamp_ms: int = 0
-    ) -> list[Alert]:
+    ) -> list[Alert] | Misplaced:
+        """A prediction read from the predictions topic: checked and joined here, or, read
+        from another partition than its event_id's, to be re-keyed (see `Misplaced`)."""
         try:
             p = PREDICTION_DECODER.decode(value or b"")
         except BAD_RECORD:
             self.invalid_predictions += 1
             return []
+        partitions = self.config.partitions
+        # Inline: this runs once per prediction.
+        if partitions > 1 and partition_of(p.event_id, partitions) != partition:
+            self.misplaced_predictions += 1
+            return Misplaced(p.event_id.encode())
+        return self._take_prediction(partition, p, now_ms, timestamp_ms)
+
+    def _take_prediction(
+        self, partition: int, p: PredictionIn, now_ms: int, timestamp_ms: int
+    ) -> list[Alert]:
         event_time = self._bounded(p.event_time, timestamp_ms)
         alerts: list[Alert] = []
         chance = None
@@ -323,20 +351,30 @@ class MonitorState:
             self.invalid_labels += 1
         return key
 
-    def on_forwarded_label(
+    def on_forwarded(  # noqa: PLR0913 - a record and where it was first read
         self,
         partition: int,
         value: bytes | None,
         timestamp_ms: int,
         source: tuple[int, int],
         now_ms: int,
+        *,
+        prediction: bool = False,
     ) -> list[Alert]:
-        """A label from the repartition topic; `source` is its (partition, offset) in the
-        labels topic. Forwarded again after a restart, it is skipped, not counted twice."""
-        if not self.join_for(partition).first_forwarding(*source):
+        """A label (or a re-keyed prediction) from the repartition topic; `source` is its
+        (partition, offset) in the topic it was first read from. Forwarded again after a
+        restart, it is skipped, not counted twice."""
+        if not self.join_for(partition).first_forwarding(*source, prediction=prediction):
             self.forward_replays += 1
             return []
-        return self.on_label(partition, value, timestamp_ms, now_ms, source=source[0])
+        if not prediction:
+            return self.on_label(partition, value, timestamp_ms, now_ms, source=source[0])
+        try:
+            p = PREDICTION_DECODER.decode(value or b"")
+        except BAD_RECORD:
+            self.invalid_predictions += 1
+            return []
+        return self._take_prediction(partition, p, now_ms, timestamp_ms)
 
     def on_label(
         self,
@@ -470,6 +508,7 @@ class MonitorState:
         result["invalid_labels"] = self.invalid_labels
         result["times_clamped"] = self.times_clamped
         result["forward_replays"] = self.forward_replays
+        result["misplaced_predictions"] = self.misplaced_predictions
         return result
 
     def metrics(self) -> dict[str, dict[str, Any]]:

@@ -28,9 +28,11 @@ from workers.core.monitor import (
     BAD_RECORD,
     LABEL_DECODER,
     LabelValue,
+    Misplaced,
     MonitorConfig,
     MonitorState,
     label_time_of,
+    misplaced,
     pending_prediction,
 )
 
@@ -119,6 +121,7 @@ class JoinPartition:
     invalid_labels: int = 0
     times_clamped: int = 0
     forward_replays: int = 0
+    misplaced_predictions: int = 0
 
     @classmethod
     def new(cls, config: MonitorConfig) -> JoinPartition:
@@ -133,13 +136,39 @@ class JoinPartition:
         return time_ms
 
     def on_prediction(
-        self, value: bytes | None, timestamp_ms: int, now_ms: int
-    ) -> list[OutcomeRecord]:
+        self, value: bytes | None, timestamp_ms: int, now_ms: int, place: tuple[int, int] = (0, 1)
+    ) -> list[OutcomeRecord] | Misplaced:
+        """A prediction read at `place` (partition, the predictions topic's partition count):
+        joined here, or, not on its event_id's partition, to be re-keyed."""
         try:
             p = STAGE_PREDICTION_DECODER.decode(value or b"")
         except BAD_RECORD:
             self.invalid_predictions += 1
             return []
+        away = misplaced(p.event_id, *place)
+        if away is not None:
+            self.misplaced_predictions += 1
+            return away
+        return self._take_prediction(p, timestamp_ms, now_ms)
+
+    def on_forwarded_prediction(
+        self, value: bytes | None, timestamp_ms: int, source: tuple[int, int], now_ms: int
+    ) -> list[OutcomeRecord]:
+        """A prediction re-keyed onto this partition; `source` its place in the predictions
+        topic: forwarded again after a restart, it is skipped."""
+        if not self.join.first_forwarding(*source, prediction=True):
+            self.forward_replays += 1
+            return []
+        try:
+            p = STAGE_PREDICTION_DECODER.decode(value or b"")
+        except BAD_RECORD:
+            self.invalid_predictions += 1
+            return []
+        return self._take_prediction(p, timestamp_ms, now_ms)
+
+    def _take_prediction(
+        self, p: StagePredictionIn, timestamp_ms: int, now_ms: int
+    ) -> list[OutcomeRecord]:
         event_time = self._bounded(p.event_time, timestamp_ms)
         pending = pending_prediction(p, event_time, score=p.score, features=p.features)
         return self._records(self.join.add_prediction(p.event_id, pending), now_ms)
@@ -180,6 +209,7 @@ class JoinPartition:
         out["invalid_labels"] = self.invalid_labels
         out["times_clamped"] = self.times_clamped
         out["forward_replays"] = self.forward_replays
+        out["misplaced_predictions"] = self.misplaced_predictions
         return out
 
 

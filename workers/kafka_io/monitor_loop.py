@@ -29,7 +29,8 @@ from workers.core.calibrated_drift import ReferenceDrift
 from workers.core.drift import FeatureDrift
 from workers.core.events import EventDecoder, InvalidEvent
 from workers.core.kind_drift import KindDrift
-from workers.core.monitor import MonitorConfig, MonitorState, ReferenceLookup
+from workers.core.monitor import Misplaced, MonitorConfig, MonitorState, ReferenceLookup
+from workers.core.partitioning import partition_of
 from workers.drift_reference import DriftReferenceError, ModelReferences
 from workers.drift_reference import load as load_reference
 from workers.kafka_io.admin import create_topics, list_topics
@@ -83,25 +84,58 @@ def _published_seqs(settings: MonitorSettings, transactional_id: str, since_ms: 
         consumer.close()
 
 
-def forwarding(msg: Message, partition: int, offset: int) -> dict[str, Any]:
-    """How a label read at `partition`/`offset` of the labels topic is re-keyed: a header
-    saying where it came from (read back by `_source`) and the record's own time."""
+SOURCE_HEADER = "scorestream.source"
+PREDICTION_SOURCE_HEADER = "scorestream.prediction_source"
+
+
+def forwarding(
+    msg: Message, partition: int, offset: int, *, prediction: bool = False
+) -> dict[str, Any]:
+    """How a label (or a mis-partitioned prediction) read at `partition`/`offset` is re-keyed:
+    a header saying where it came from (read back by `forwarded_from`) and its own time."""
+    name = PREDICTION_SOURCE_HEADER if prediction else SOURCE_HEADER
     return {
-        "headers": [("scorestream.source", f"{partition}:{offset}".encode())],
+        "headers": [(name, f"{partition}:{offset}".encode())],
         # A label without label_time is timed by its record; 0 lets the client stamp one
         # that had none.
         "timestamp": max(msg.timestamp()[1], 0),
     }
 
 
-def _source(msg: Message) -> tuple[int, int]:
-    """Where a re-keyed label was first read: (labels partition, offset)."""
+def forwarded_from(msg: Message) -> tuple[bool, tuple[int, int]]:
+    """Whether a repartition record is a re-keyed prediction, and where it was first read
+    (partition, offset). A record no monitor forwarded (or whose header is not ours) is a
+    label taken as it comes, placed by its own offset."""
     headers: list[tuple[str, bytes | None]] = msg.headers() or []  # type: ignore[assignment]
     for name, value in headers:
-        if name == "scorestream.source" and value:
-            partition, _, offset = value.decode().partition(":")
-            return int(partition), int(offset)
-    return -1, msg.offset() or 0  # not forwarded by a monitor: taken as it comes
+        if name in (SOURCE_HEADER, PREDICTION_SOURCE_HEADER) and value:
+            partition, sep, offset = value.partition(b":")
+            if sep and partition.isdigit() and offset.isdigit() and len(value) < 40:
+                return name == PREDICTION_SOURCE_HEADER, (int(partition), int(offset))
+    return False, (-1, msg.offset() or 0)
+
+
+MISPLACED_FIX = (
+    "produce Predictions keyed by event_id with the Java clients' partitioner (murmur2; "
+    "librdkafka's partitioner=murmur2_random, as `scorestream infer` does): until then each "
+    "is re-keyed through the repartition topic, which costs a produce and a read"
+)
+
+
+class MisplacedLog:
+    """Logs, once per predictions partition, that predictions arrive off their partition."""
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+
+    def __call__(self, topic: str, partition: int, key: bytes, partitions: int) -> None:
+        if partition in self.seen:
+            return
+        self.seen.add(partition)
+        log.warning("predictions_misplaced", topic=topic, partition=partition,
+                    event_id=key.decode(errors="replace")[:256],
+                    expected_partition=partition_of(key, partitions),
+                    fix=MISPLACED_FIX)  # fmt: skip
 
 
 alert_log = structlog.get_logger("scorestream.alert")
@@ -217,6 +251,7 @@ class MonitorWorker:
         if s.features_topic and s.manifest is not None:
             self._init_feature_drift(s.manifest)
         self.offsets: dict[tuple[str, int], int] = {}
+        self._misplaced = MisplacedLog()
         self.metrics = MonitorMetrics()
         self._assigned = False
         # What the last summary said; partitions handed back at shutdown leave `state` empty.
@@ -530,11 +565,15 @@ class MonitorWorker:
     ) -> list[Alert]:
         s, state = self.settings, self.state
         if topic == s.predictions_topic:
-            return state.on_prediction(partition, msg.value(), now_ms, msg.timestamp()[1])
+            result = state.on_prediction(partition, msg.value(), now_ms, msg.timestamp()[1])
+            if isinstance(result, Misplaced):
+                self._forward_prediction(msg, partition, offset, result.key)
+                return []
+            return result
         if topic == s.repartition_topic:
-            return state.on_forwarded_label(
-                partition, msg.value(), msg.timestamp()[1], _source(msg), now_ms
-            )
+            prediction, source = forwarded_from(msg)
+            return state.on_forwarded(partition, msg.value(), msg.timestamp()[1], source,
+                                      now_ms, prediction=prediction)  # fmt: skip
         if topic == s.labels_topic:
             self._forward(msg, partition, offset)
             return []
@@ -552,6 +591,15 @@ class MonitorWorker:
             return
         produce_when_room(self.forwarder, self.settings.repartition_topic, msg.value(), key,
                           **forwarding(msg, partition, offset))  # fmt: skip
+
+    def _forward_prediction(self, msg: Message, partition: int, offset: int, key: bytes) -> None:
+        """Re-key a prediction another producer's partitioner placed by its event_id, onto
+        the repartition partition its label goes to (as Kafka Streams repartitions a side
+        that is not co-partitioned)."""
+        s = self.settings
+        self._misplaced(s.predictions_topic, partition, key, self.state.config.partitions)
+        produce_when_room(self.forwarder, s.repartition_topic, msg.value(), key,
+                          **forwarding(msg, partition, offset, prediction=True))  # fmt: skip
 
     def _count_consumed(self, per_topic: dict[str, int]) -> None:
         s = self.settings

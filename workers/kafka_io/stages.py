@@ -38,7 +38,7 @@ from confluent_kafka import (
 
 from workers.core.alerts import Alert
 from workers.core.events import EventDecoder, InvalidEvent
-from workers.core.monitor import MonitorConfig, MonitorState, ReferenceLookup, label_key
+from workers.core.monitor import Misplaced, MonitorConfig, MonitorState, ReferenceLookup, label_key
 from workers.core.outcomes import (
     OUTCOME_ENCODER,
     AggregatePartition,
@@ -68,11 +68,12 @@ from workers.kafka_io.clients import (
     redact,
 )
 from workers.kafka_io.monitor_loop import (
+    MisplacedLog,
     MonitorSettings,
     MonitorStartupError,
-    _source,
     announce,
     attach_feature_drift,
+    forwarded_from,
     forwarding,
     loop_until,
     monitor_consumer,
@@ -587,6 +588,7 @@ class JoinStage(StageWorker[JoinPartition]):
         self.changelog = settings.join_changelog
         self.state_topics = frozenset({settings.predictions_topic, settings.repartition_topic})
         self.bad_labels = 0  # labels that are no Label, counted where first read
+        self._misplaced = MisplacedLog()
         super().__init__(settings)
 
     def topics(self) -> list[str]:
@@ -629,9 +631,18 @@ class JoinStage(StageWorker[JoinPartition]):
             return
         part = self.parts[partition]
         if topic == s.predictions_topic:
-            records = part.on_prediction(msg.value(), msg.timestamp()[1], now_ms)
+            result = part.on_prediction(msg.value(), msg.timestamp()[1], now_ms,
+                                        (partition, self.config.partitions))  # fmt: skip
+            if isinstance(result, Misplaced):
+                self._misplaced(topic, partition, result.key, self.config.partitions)
+                self.produce(s.repartition_topic, msg.value() or b"", result.key,
+                             **forwarding(msg, partition, offset, prediction=True))  # fmt: skip
+                return
+            records = result
         else:
-            records = part.on_label(msg.value(), msg.timestamp()[1], _source(msg), now_ms)
+            prediction, source = forwarded_from(msg)
+            take = part.on_forwarded_prediction if prediction else part.on_label
+            records = take(msg.value(), msg.timestamp()[1], source, now_ms)
         for record in records:
             self.produce(s.outcomes_topic, OUTCOME_ENCODER.encode(record), record.key)
 

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from workers.core.monitor import MonitorConfig, MonitorState
+from workers.core.monitor import Misplaced, MonitorConfig, MonitorState
+from workers.core.partitioning import partition_of
 
 pytestmark = pytest.mark.unit
 
@@ -48,9 +49,11 @@ def test_binary_metrics_take_the_positive_class_in_the_models_order(
 
 def test_max_pending_bounds_the_whole_monitor_not_each_partition() -> None:
     state = MonitorState(MonitorConfig(max_pending=100, partitions=4))
+    ids = [f"e{i}" for i in range(2_000)]
     for partition in range(4):
-        for i in range(100):
-            body = {"event_id": f"p{partition}-{i}", "model_name": "m", "model_version": 1,
+        placed = [e for e in ids if partition_of(e.encode(), 4) == partition][:100]
+        for i, event_id in enumerate(placed):
+            body = {"event_id": event_id, "model_name": "m", "model_version": 1,
                     "label": 1, "event_time": 1000 + i}  # fmt: skip
             state.on_prediction(partition, json.dumps(body).encode(), now_ms=0)
     counters = state.counters()
@@ -71,3 +74,39 @@ def test_an_event_time_far_ahead_of_its_record_is_taken_to_be_the_records_time()
     state.on_prediction(0, json.dumps(ok).encode(), now_ms=0, timestamp_ms=record_ms)
     assert state.joins[0].predictions["b"].event_time == record_ms + 1000
     assert state.counters()["times_clamped"] == 1
+
+
+def _prediction(event_id: str, label: object = 1) -> bytes:
+    body = {"event_id": event_id, "model_name": "m", "model_version": 1, "label": label,
+            "event_time": 1000}  # fmt: skip
+    return json.dumps(body).encode()
+
+
+def test_a_prediction_off_its_murmur2_partition_is_re_keyed_and_joins_once() -> None:
+    # Written by a producer with librdkafka's default partitioner (or any other).
+    state = MonitorState(MonitorConfig(window=10, partitions=3))
+    home = partition_of(b"a", 3)
+    away = (home + 1) % 3
+    assert state.on_prediction(away, _prediction("a"), now_ms=0) == Misplaced(b"a")
+    counters = state.counters()
+    assert (counters["misplaced_predictions"], counters["pending_predictions"]) == (1, 0)
+    # Its label was re-keyed first; the forwarded prediction meets it where it went.
+    state.on_forwarded(home, json.dumps({"event_id": "a", "label": 1}).encode(), 5,
+                             (0, 7), now_ms=0)  # fmt: skip
+    assert state.on_forwarded(home, _prediction("a"), 1000, (away, 3), 0, prediction=True) == []
+    assert state.counters()["joined"] == 1
+    # The same prediction forwarded again (its forwarder restarted) is not taken twice.
+    state.on_forwarded(home, _prediction("a"), 1000, (away, 3), 0, prediction=True)
+    counters = state.counters()
+    assert (counters["joined"], counters["forward_replays"]) == (1, 1)
+    assert counters["duplicate_predictions"] == 0
+    assert state.metrics()["m/v1"]["joined"] == 1
+
+
+def test_a_prediction_on_its_partition_and_a_single_partition_are_taken_as_they_come() -> None:
+    state = MonitorState(MonitorConfig(partitions=3))
+    assert state.on_prediction(partition_of(b"b", 3), _prediction("b"), now_ms=0) == []
+    single = MonitorState(MonitorConfig(partitions=1))
+    assert single.on_prediction(0, _prediction("b"), now_ms=0) == []
+    assert state.counters()["pending_predictions"] == 1
+    assert single.counters()["misplaced_predictions"] == 0

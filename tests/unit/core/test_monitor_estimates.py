@@ -13,10 +13,12 @@ from workers.core.alerts import (
     ESTIMATED_ACCURACY_BELOW_THRESHOLD,
     FEATURE_DRIFT,
     PREDICTION_DRIFT,
+    Alert,
     AlertRules,
 )
 from workers.core.estimation import fit_calibration
 from workers.core.monitor import (
+    Misplaced,
     MonitorConfig,
     MonitorState,
     ReferenceLookup,
@@ -24,6 +26,11 @@ from workers.core.monitor import (
 )
 
 pytestmark = pytest.mark.unit
+
+
+def taken(result: list[Alert] | Misplaced) -> list[Alert]:
+    assert isinstance(result, list)  # one partition: no prediction is misplaced
+    return result
 
 
 class Lookup(ReferenceLookup):
@@ -84,10 +91,10 @@ def test_estimates_are_published_before_any_label_and_compared_when_labels_come(
 
 def test_estimated_accuracy_below_threshold_fires_once_per_episode() -> None:
     monitor = state()
-    alerts = []
+    alerts: list[Alert] = []
     # Probabilities near 0.5: the calibrated chance of being right is near 0.5 < 0.7.
     for i in range(2000):
-        alerts += monitor.on_prediction(0, prediction(i, 0.45 + 0.1 * (i % 2)), now_ms=i)
+        alerts += taken(monitor.on_prediction(0, prediction(i, 0.45 + 0.1 * (i % 2)), now_ms=i))
     fired = [a for a in alerts if a.alert == ESTIMATED_ACCURACY_BELOW_THRESHOLD]
     assert len(fired) == 1
     alert = fired[0]
@@ -101,12 +108,12 @@ def test_estimated_accuracy_below_threshold_fires_once_per_episode() -> None:
 def test_prediction_drift_is_a_feature_drift_alert_on_the_scores() -> None:
     monitor = state()
     rng = np.random.default_rng(2)
-    alerts = []
+    alerts: list[Alert] = []
     for i, value in enumerate(rng.random(1000).tolist()):
-        alerts += monitor.on_prediction(0, prediction(i, value), now_ms=i)
+        alerts += taken(monitor.on_prediction(0, prediction(i, value), now_ms=i))
     assert not [a for a in alerts if a.alert == FEATURE_DRIFT]
     for i, value in enumerate((0.7 + 0.3 * rng.random(1000)).tolist(), start=1000):
-        alerts += monitor.on_prediction(0, prediction(i, value), now_ms=i)
+        alerts += taken(monitor.on_prediction(0, prediction(i, value), now_ms=i))
     drifted = [a for a in alerts if a.alert == FEATURE_DRIFT]
     assert drifted
     assert drifted[0].detector == PREDICTION_DRIFT

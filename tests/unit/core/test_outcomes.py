@@ -16,13 +16,14 @@ from workers.core.events import EventDecoder
 from workers.core.feature_spec import CATEGORICAL, FeatureSpec
 from workers.core.inference import ServingModel, score_batch
 from workers.core.label_join import Outcome
-from workers.core.monitor import MonitorConfig, MonitorState
+from workers.core.monitor import Misplaced, MonitorConfig, MonitorState
 from workers.core.outcomes import (
     OUTCOME_ENCODER,
     AggregatePartition,
     JoinPartition,
     OutcomeRecord,
 )
+from workers.core.partitioning import partition_of
 from workers.core.scoring import ScoredBatch
 from workers.kafka_io.changelog import Assembler, snapshot_records
 from workers.schemas import load_schema
@@ -70,7 +71,9 @@ def test_a_joined_pair_becomes_one_record_keyed_by_its_version() -> None:
 def test_a_label_first_joins_when_its_prediction_comes() -> None:
     part = JoinPartition.new(CONFIG)
     assert part.on_label(label("a", value=True, t=500), 0, (2, 9), now_ms=1) == []
-    [record] = wire(part.on_prediction(prediction("a", 400, label=True), 0, now_ms=2))
+    joined = part.on_prediction(prediction("a", 400, label=True), 0, now_ms=2)
+    assert isinstance(joined, list)
+    [record] = wire(joined)
     assert (record["correct"], record["label_time"]) == (True, 500)
 
 
@@ -111,6 +114,21 @@ def test_a_label_forwarded_again_after_a_restart_is_not_joined_twice() -> None:
     assert len(part.on_label(label("a", "yes", 1), 0, (1, 40), now_ms=2)) == 1
     assert part.on_label(label("a", "yes", 1), 0, (1, 40), now_ms=3) == []
     assert part.counters()["forward_replays"] == 1
+
+
+def test_a_prediction_off_its_partition_is_re_keyed_and_joins_where_its_label_goes() -> None:
+    home = partition_of(b"a", 6)
+    away = JoinPartition.new(CONFIG)
+    assert away.on_prediction(prediction("a", 0), 0, 1, ((home + 2) % 6, 6)) == Misplaced(b"a")
+    assert away.counters()["misplaced_predictions"] == 1
+    assert away.counters()["pending_predictions"] == 0
+    there = JoinPartition.new(CONFIG)
+    assert there.on_prediction(prediction("b", 0), 0, 1, (partition_of(b"b", 6), 6)) == []
+    assert there.on_label(label("a", "yes", 1), 0, (1, 40), now_ms=2) == []
+    [record] = there.on_forwarded_prediction(prediction("a", 0), 0, ((home + 2) % 6, 9), 3)
+    assert (record.kind, record.correct) == ("joined", True)
+    assert there.on_forwarded_prediction(prediction("a", 0), 0, ((home + 2) % 6, 9), 4) == []
+    assert there.counters()["forward_replays"] == 1
 
 
 def test_a_join_partition_resumes_from_its_pickle_as_it_was() -> None:

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from workers.core.alerts import AlertRules
+from workers.core.alerts import Alert, AlertRules
 from workers.core.drift import ErrorCusum
 from workers.core.monitor import MonitorConfig, MonitorState
 from workers.core.performance import RollingError
@@ -18,11 +18,13 @@ pytestmark = pytest.mark.unit
 
 
 def feed(state: MonitorState, predicted: list[float], actual: list[float]) -> list[str]:
-    alerts = []
+    alerts: list[Alert] = []
     for i, (p, a) in enumerate(zip(predicted, actual, strict=True)):
         body = {"event_id": f"e{i}", "model_name": "price", "model_version": 2, "label": p,
                 "score": p, "event_time": 1000 + i, "scored_at": 1000 + i}  # fmt: skip
-        alerts += state.on_prediction(0, json.dumps(body).encode(), now_ms=0)
+        taken = state.on_prediction(0, json.dumps(body).encode(), now_ms=0)
+        assert isinstance(taken, list)  # one partition: none is misplaced
+        alerts += taken
         label = {"event_id": f"e{i}", "label": a, "label_time": 1000 + i}
         alerts += state.on_label(0, json.dumps(label).encode(), 0, now_ms=0)
     return [a.alert for a in alerts]

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import Message, TopicPartition
 
 from workers.checkpoint import CheckpointStore
 from workers.core.monitor import MonitorConfig
@@ -52,7 +52,7 @@ def _join_one(worker: MonitorWorker, i: int) -> None:
             "event_time": 1000 + i}  # fmt: skip
     worker.state.on_prediction(0, json.dumps(body).encode(), 0)
     label = json.dumps({"event_id": f"e{i}", "label": 1, "label_time": 1000 + i}).encode()
-    worker.state.on_forwarded_label(0, label, 0, (0, i), 0)
+    worker.state.on_forwarded(0, label, 0, (0, i), 0)
     worker.offsets[("preds", 0)] = i + 1
 
 
@@ -108,3 +108,15 @@ def test_a_stalled_owner_does_not_overwrite_the_new_owners_checkpoint(
     assert not worker.checkpoint()
     assert worker.store.offset("preds", 0) == 3  # not 4: the stale save was refused
     assert _joined(worker) == 3  # and this instance went back to what it had stored
+
+
+def test_a_repartition_records_origin_is_read_defensively() -> None:
+    def origin(*headers: tuple[str, bytes | None]) -> tuple[bool, tuple[int, int]]:
+        return monitor_loop.forwarded_from(Message(headers=list(headers), offset=41))
+
+    assert origin(("scorestream.source", b"2:17")) == (False, (2, 17))
+    assert origin(("scorestream.prediction_source", b"0:5")) == (True, (0, 5))
+    # Foreign or garbled headers: a label taken as it comes, placed by its own offset.
+    for value in (b"x:1", b"1:-3", b"", None, b"1:2:3", "é:1".encode(), b"9" * 60 + b":1"):
+        assert origin(("scorestream.source", value)) == (False, (-1, 41)), value
+    assert origin() == (False, (-1, 41))
