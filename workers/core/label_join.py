@@ -95,8 +95,16 @@ class Unjoined:
     label_time: int | None
 
 
+# Larger than any regressor's target; squares of errors between such numbers still sum over
+# any window without overflowing a float (a 400-digit integer, or 1e308, would).
+MAX_NUMBER = 1e150
+
+
 def is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A finite number within +-MAX_NUMBER (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return -MAX_NUMBER <= value <= MAX_NUMBER  # False for nan and inf too
 
 
 @dataclass(slots=True)

@@ -12,6 +12,7 @@ import pytest
 from workers.core.alerts import Alert, AlertRules
 from workers.core.drift import ErrorCusum
 from workers.core.monitor import MonitorConfig, MonitorState
+from workers.core.outcomes import OUTCOME_ENCODER, AggregatePartition, JoinPartition
 from workers.core.performance import RollingError
 
 pytestmark = pytest.mark.unit
@@ -105,3 +106,32 @@ def test_error_cusum_is_scale_free_and_finds_a_rise() -> None:
         assert not any(detector.update(float(e)) for e in stable)
         first = next(i for i, e in enumerate(risen) if detector.update(float(e)))
         assert first < 400
+
+
+def test_labels_no_float_holds_are_invalid_and_the_metrics_still_refresh() -> None:
+    # A 400-digit integer overflows float(); two errors of 1e308 overflow any sum.
+    state = MonitorState(MonitorConfig(window=10))
+    feed(state, [1.0, 2.0, 3.0, 4.0], [10**400, 1e308, 1e308, 5.0])  # type: ignore[list-item]
+    counters = state.counters()
+    assert (counters["joined"], counters["invalid_labels"]) == (4, 3)
+    version = state.metrics()["price/v2"]
+    assert (version["joined"], version["window_mae"]) == (1, 1.0)
+
+
+def test_the_two_stage_join_and_aggregate_take_no_unholdable_number_either() -> None:
+    part = JoinPartition.new(MonitorConfig())
+    aggregate = AggregatePartition.new(MonitorConfig())
+    for i, actual in enumerate([10**400, 1e308, 1e308, 7.5]):
+        body = {"event_id": f"e{i}", "model_name": "price", "model_version": 2, "label": 1.5,
+                "event_time": 1000 + i, "scored_at": 1000 + i}  # fmt: skip
+        part.on_prediction(json.dumps(body).encode(), 0, now_ms=0)
+        label = json.dumps({"event_id": f"e{i}", "label": actual, "label_time": 1000 + i})
+        for record in part.on_label(label.encode(), 0, (0, i), now_ms=0):
+            aggregate.on_record(OUTCOME_ENCODER.encode(record), now_ms=0)
+    assert part.counters()["invalid_labels"] == 3
+    # A foreign outcome with an error no float holds is refused by the aggregate too.
+    foreign = {"kind": "joined", "event_id": "x", "at": 0, "model_name": "price",
+               "model_version": 2, "predicted": 1.0, "actual": 10**400, "error": 1.0}  # fmt: skip
+    aggregate.on_record(json.dumps(foreign).encode(), now_ms=0)
+    assert aggregate.counts["invalid_outcomes"] == 1
+    assert aggregate.state.metrics()["price/v2"]["window_mae"] == 6.0
