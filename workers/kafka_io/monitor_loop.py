@@ -261,6 +261,8 @@ class MonitorWorker:
         self.transactional_id = f"{s.group_id}.monitor.{s.instance_id}" if s.exactly_once else None
         # Producers stuck inside librdkafka, kept referenced: destroying one would block too.
         self.abandoned_producers: list[Producer] = []
+        # Set when a bug stopped a batch half-way: nothing is checkpointed from then on.
+        self.torn = False
         self.producer: Producer = self.new_producer()
         # Labels re-keyed onto the repartition topic; a failed one is reported here.
         self._forward_failed: KafkaError | None = None
@@ -394,7 +396,7 @@ class MonitorWorker:
         log.info("partitions_assigned", partitions=[_starting_at(tp) for tp in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if not self.checkpoint():
+        if not self.torn and not self.checkpoint():
             # What this instance counted since its last checkpoint came (in part) from these
             # partitions, which their next owner re-reads from that checkpoint: counted there,
             # it must not stay counted here.
@@ -545,7 +547,14 @@ class MonitorWorker:
 
         loop_until(stop, step, [(REFRESH_INTERVAL_S, self._refresh_metrics),
                                 (s.checkpoint_interval_s, self.checkpoint),
-                                (s.log_interval_s, self._log_summary)])  # fmt: skip
+                                (s.log_interval_s, self._log_summary)],
+                   on_bug=self._tear)  # fmt: skip
+
+    def _tear(self) -> None:
+        """A bug mid-batch: nothing of the half-applied batch may be stored (an alert's
+        firing never published, a label marked seen before it joined); the restart resumes
+        from the last checkpoint."""
+        self.torn = True
 
     def _process(self, msgs: list[Message]) -> None:
         now_ms = time.time_ns() // 1_000_000
@@ -642,7 +651,7 @@ class MonitorWorker:
         forwarded for the labels offsets it stores, and (at-least-once) the alerts its state
         raised. Exactly-once: state, offsets and the alerts that state raised are stored
         together, then the alerts are published in a transaction and dropped from the outbox."""
-        if not self._forwards_acknowledged():
+        if self.torn or not self._forwards_acknowledged():
             return False
         if not self.settings.exactly_once and not self._alerts_acknowledged():
             return False
@@ -905,14 +914,22 @@ def records(msgs: list[Message]) -> Iterator[tuple[Message, str, int, int]]:
 
 
 def loop_until(
-    stop: threading.Event, step: Callable[[], None], every: list[tuple[float, Callable[[], Any]]]
+    stop: threading.Event,
+    step: Callable[[], None],
+    every: list[tuple[float, Callable[[], Any]]],
+    on_bug: Callable[[], None],
 ) -> None:
-    """Call `step` until stopped, and each task of `every` (interval s, task) when due."""
+    """Call `step` until stopped, and each task of `every` (interval s, task) when due;
+    `on_bug` before an exception leaves."""
     due = [time.monotonic() + interval for interval, _ in every]
-    while not stop.is_set():
-        step()
-        now = time.monotonic()
-        for i, (interval, task) in enumerate(every):
-            if now >= due[i]:
-                task()
-                due[i] = now + interval
+    try:
+        while not stop.is_set():
+            step()
+            now = time.monotonic()
+            for i, (interval, task) in enumerate(every):
+                if now >= due[i]:
+                    task()
+                    due[i] = now + interval
+    except BaseException:
+        on_bug()
+        raise

@@ -181,6 +181,8 @@ class StageWorker(ABC, Generic[P]):
             f"{self.group}.{self.stage}.{s.instance_id}" if s.exactly_once else None
         )
         self.abandoned_producers: list[Producer] = []
+        # Set when a bug stopped a batch half-way: nothing is checkpointed from then on.
+        self.torn = False
         self.producer = self.new_producer()
         self.consumer = monitor_consumer(s.bootstrap_servers, s.kafka_config, self.group,
                                          f"{self.stage}-consumer")  # fmt: skip
@@ -380,6 +382,8 @@ class StageWorker(ABC, Generic[P]):
 
     def checkpoint(self) -> bool:
         """Snapshots of what changed, with the outputs and offsets they cover; True once in."""
+        if self.torn:
+            return False
         if self.settings.exactly_once:
             return self._checkpoint_transaction()
         self.producer.flush(30)
@@ -506,7 +510,14 @@ class StageWorker(ABC, Generic[P]):
 
         loop_until(stop, step, [(REFRESH_INTERVAL_S, self._refresh_metrics),
                                 (s.checkpoint_interval_s, self.checkpoint),
-                                (s.log_interval_s, self._log_summary)])  # fmt: skip
+                                (s.log_interval_s, self._log_summary)],
+                   on_bug=self._tear)  # fmt: skip
+
+    def _tear(self) -> None:
+        """A bug mid-batch: what the batch applied so far is never stored (nor committed in
+        the open transaction); the next owner resumes from the last checkpoint."""
+        self.torn = True
+        self._abort()
 
     def in_transaction(self) -> None:
         """Exactly-once: what is produced from here on goes in the open transaction."""

@@ -111,7 +111,7 @@ def test_error_cusum_is_scale_free_and_finds_a_rise() -> None:
 def test_labels_no_float_holds_are_invalid_and_the_metrics_still_refresh() -> None:
     # A 400-digit integer overflows float(); two errors of 1e308 overflow any sum.
     state = MonitorState(MonitorConfig(window=10))
-    feed(state, [1.0, 2.0, 3.0, 4.0], [10**400, 1e308, 1e308, 5.0])  # type: ignore[list-item]
+    feed(state, [1.0, 2.0, 3.0, 4.0], [10**400, 1e308, 1e308, 5.0])
     counters = state.counters()
     assert (counters["joined"], counters["invalid_labels"]) == (4, 3)
     version = state.metrics()["price/v2"]

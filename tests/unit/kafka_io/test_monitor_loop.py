@@ -4,14 +4,16 @@ what it keeps, takes back and refuses to write."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from confluent_kafka import Message, TopicPartition
 
+from tests.unit.kafka_io.faults import bug_on_call
 from workers.checkpoint import CheckpointStore
-from workers.core.monitor import MonitorConfig
+from workers.core.monitor import MonitorConfig, MonitorState
 from workers.kafka_io import monitor_loop
 from workers.kafka_io.monitor_loop import MonitorSettings, MonitorWorker
 
@@ -120,3 +122,31 @@ def test_a_repartition_records_origin_is_read_defensively() -> None:
     for value in (b"x:1", b"1:-3", b"", None, b"1:2:3", "é:1".encode(), b"9" * 60 + b":1"):
         assert origin(("scorestream.source", value)) == (False, (-1, 41)), value
     assert origin() == (False, (-1, 41))
+
+
+def test_a_bug_mid_batch_checkpoints_nothing_of_that_batch(
+    worker: MonitorWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker._on_assign(NoConsumer(), PARTITIONS)  # type: ignore[arg-type]  # noqa: SLF001
+    for i in range(3):
+        _join_one(worker, i)
+    assert worker.checkpoint()
+    batch = [
+        Message(topic="g-labels-repartition", partition=0, offset=3 + i, timestamp=(1, 0),
+                value=json.dumps({"event_id": f"e{i}", "label": 1}).encode(),
+                headers=[("scorestream.source", f"0:{10 + i}".encode())])
+        for i in range(3, 6)
+    ]  # fmt: skip
+    bug_on_call(monkeypatch, MonitorState, "on_forwarded", 2)
+    monkeypatch.setattr(worker.consumer, "consume", lambda **_k: batch, raising=False)
+    stop = threading.Event()
+    with pytest.raises(RuntimeError, match="a bug"):
+        worker._loop(stop)  # noqa: SLF001
+    # On the way out (the checkpoint in `run`'s finally, the revoke on close), nothing of the
+    # batch is stored: the first label was marked seen but never joined.
+    assert not worker.checkpoint()
+    worker._on_revoke(NoConsumer(), PARTITIONS)  # type: ignore[arg-type]  # noqa: SLF001
+    stored = worker.store.load_partition(0)
+    assert stored is not None
+    assert stored.forwarded == {0: 2}
+    assert worker.store.offset("g-labels-repartition", 0) is None

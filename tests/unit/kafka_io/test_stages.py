@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import threading
 from dataclasses import fields
 from pathlib import Path
 
+import pytest
+from confluent_kafka import Message
+
+from tests.unit.kafka_io.faults import bug_on_call
 from workers.core.monitor import MonitorConfig
+from workers.core.outcomes import JoinPartition
 from workers.kafka_io.monitor_loop import MonitorSettings
-from workers.kafka_io.stages import StageSettings
+from workers.kafka_io.stages import JoinStage, StageSettings
+
+pytestmark = pytest.mark.unit
 
 
 def test_a_stage_takes_every_setting_it_shares_with_the_monitor() -> None:
@@ -24,3 +33,39 @@ def test_a_stage_takes_every_setting_it_shares_with_the_monitor() -> None:
                                                                         "instance_id"}]  # fmt: skip
     assert {n: getattr(stage, n) for n in shared} == {n: getattr(monitor, n) for n in shared}
     assert stage.repartition_topic == monitor.repartition_topic == "g-labels-repartition"
+
+
+def test_a_bug_mid_batch_stores_no_snapshot_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monitor = MonitorSettings(
+        bootstrap_servers="127.0.0.1:1", predictions_topic="p", labels_topic="l",
+        alerts_topic="a", group_id="g", kafka_config={}, state_dir=tmp_path,
+        config=MonitorConfig(),
+    )  # fmt: skip
+    stage = JoinStage(StageSettings.of(monitor, outcomes_topic="o", instance_id="i"))
+    produced: list[str] = []
+    monkeypatch.setattr(stage, "produce", lambda topic, *_a, **_k: produced.append(topic))
+    body = {"model_name": "m", "model_version": 1, "label": 1, "event_time": 5}
+    batch = [Message(topic="p", partition=0, offset=i, timestamp=(1, 0),
+                     value=json.dumps({**body, "event_id": f"e{i}"}).encode())
+             for i in range(3)]  # fmt: skip
+    bug_on_call(monkeypatch, JoinPartition, "on_prediction", 2)
+    real_consumer = stage.consumer
+
+    class Batch:
+        def consume(self, **_how: object) -> list[Message]:
+            return batch
+
+        def close(self) -> None:
+            real_consumer.close()
+
+    stage.consumer = Batch()  # type: ignore[assignment]
+    try:
+        with pytest.raises(RuntimeError, match="a bug"):
+            stage._loop(threading.Event())  # noqa: SLF001
+        assert stage.dirty  # the first prediction was applied to partition 0's state
+        assert not stage.checkpoint()
+        assert stage.changelog not in produced
+    finally:
+        stage.close()
