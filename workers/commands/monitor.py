@@ -196,6 +196,16 @@ def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN4
     )
     add_option(
         monitor,
+        "--max-label-bytes",
+        environ=environ,
+        type=int,
+        default=65536,
+        help="a label larger than this is invalid (counted in invalid_labels and logged as "
+        "label_too_large, never forwarded): it bounds the memory a pending label takes and "
+        "keeps its re-keyed copy under the broker's message size limit",
+    )
+    add_option(
+        monitor,
         "--orphan-label-ttl-s",
         environ=environ,
         type=float,
@@ -318,6 +328,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         orphan_label_ttl_ms=int(args.orphan_label_ttl_s * 1000),
         max_pending=args.max_pending,
         max_time_ahead_ms=int(args.max_time_ahead_s * 1000),
+        max_label_bytes=args.max_label_bytes,
         time_window_ms=args.time_window_s * 1000,
         detector=args.detector,
         error_detector=args.error_detector,

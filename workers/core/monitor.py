@@ -117,6 +117,9 @@ class MonitorConfig:
     # to be the timestamp: one event stamped in microseconds, or in 2100, must not move the
     # join's clock (and everything's expiry) into the future.
     max_time_ahead_ms: int = 3_600_000
+    # A label larger is invalid: it bounds a pending label's memory and keeps its re-keyed
+    # copy (with its header) under any broker's message size limit (1 MiB by default).
+    max_label_bytes: int = 65_536
     # Data and prediction drift: events in the window of means, missing rates and category
     # frequencies, and in that of numeric distributions and the multivariate check.
     feature_window: int = 200
@@ -346,7 +349,7 @@ class MonitorState:
     def label_key(self, value: bytes | None) -> bytes | None:
         """The event_id a label is re-keyed by, or None for a label that is no Label (counted
         here, where it is first read)."""
-        key = label_key(value)
+        key = label_key(value, self.config.max_label_bytes)
         if key is None:
             self.invalid_labels += 1
         return key
@@ -602,8 +605,11 @@ def pending_prediction(
                              regression, expected, score, features)  # fmt: skip
 
 
-def label_key(value: bytes | None) -> bytes | None:
-    """The event_id a label is re-keyed by; None for a label that is no Label."""
+def label_key(value: bytes | None, max_bytes: int) -> bytes | None:
+    """The event_id a label is re-keyed by; None for a label that is no Label (or is larger
+    than `max_bytes`)."""
+    if value is not None and len(value) > max_bytes:
+        return None
     try:
         return LABEL_KEY_DECODER.decode(value or b"").event_id.encode()
     except BAD_RECORD:

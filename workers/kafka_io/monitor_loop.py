@@ -54,6 +54,17 @@ from workers.signing import Verifier
 log = structlog.get_logger("scorestream.monitor")
 
 
+def alert_seq(msg: Message, transactional_id: str) -> int | None:
+    """The sequence number this monitor instance gave an alert it published; None for any
+    other record (another instance's, another producer's, a header that is not ours)."""
+    headers: list[tuple[str, bytes | None]] = msg.headers() or []  # type: ignore[assignment]
+    found = dict(headers)
+    if found.get("scorestream.transactional_id") != transactional_id.encode():
+        return None
+    seq = found.get("scorestream.alert_seq") or b""
+    return int(seq) if seq.isdigit() and len(seq) < 20 else None
+
+
 def _published_seqs(settings: MonitorSettings, transactional_id: str, since_ms: int) -> set[int]:
     """Alert sequence numbers this monitor instance has in the alerts topic since `since_ms`."""
     consumer = Consumer({
@@ -76,9 +87,9 @@ def _published_seqs(settings: MonitorSettings, transactional_id: str, since_ms: 
                     if err.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001
                         at_end.add(msg.partition() or 0)
                     continue
-                headers = dict(msg.headers() or [])
-                if headers.get("scorestream.transactional_id") == transactional_id.encode():
-                    seqs.add(int(headers.get("scorestream.alert_seq", b"-1") or b"-1"))
+                seq = alert_seq(msg, transactional_id)
+                if seq is not None:
+                    seqs.add(seq)
         return seqs
     finally:
         consumer.close()
@@ -122,20 +133,29 @@ MISPLACED_FIX = (
 )
 
 
-class MisplacedLog:
-    """Logs, once per predictions partition, that predictions arrive off their partition."""
+class OncePerPartition:
+    """Logs a warning about bad input once per (event, partition): the counters say how many."""
 
     def __init__(self) -> None:
-        self.seen: set[int] = set()
+        self.seen: set[tuple[str, int]] = set()
 
-    def __call__(self, topic: str, partition: int, key: bytes, partitions: int) -> None:
-        if partition in self.seen:
+    def __call__(self, event: str, partition: int, **fields: Any) -> None:  # noqa: ANN401
+        if (event, partition) in self.seen:
             return
-        self.seen.add(partition)
-        log.warning("predictions_misplaced", topic=topic, partition=partition,
-                    event_id=key.decode(errors="replace")[:256],
-                    expected_partition=partition_of(key, partitions),
-                    fix=MISPLACED_FIX)  # fmt: skip
+        self.seen.add((event, partition))
+        log.warning(event, partition=partition, **fields)
+
+    def misplaced(self, topic: str, partition: int, key: bytes, partitions: int) -> None:
+        self("predictions_misplaced", partition, topic=topic,
+             event_id=key.decode(errors="replace")[:256],
+             expected_partition=partition_of(key, partitions), fix=MISPLACED_FIX)  # fmt: skip
+
+    def unforwardable(self, msg: Message, partition: int, max_label_bytes: int) -> None:
+        """A label too large for this monitor (or, re-keyed, for the broker)."""
+        self("label_too_large", partition, topic=msg.topic(), offset=msg.offset(),
+             bytes=len(msg.value() or b""), max_label_bytes=max_label_bytes,
+             fix="labels carry an event_id and a label; if yours must be larger, raise "
+             "--max-label-bytes and the repartition topic's max.message.bytes")  # fmt: skip
 
 
 alert_log = structlog.get_logger("scorestream.alert")
@@ -251,7 +271,7 @@ class MonitorWorker:
         if s.features_topic and s.manifest is not None:
             self._init_feature_drift(s.manifest)
         self.offsets: dict[tuple[str, int], int] = {}
-        self._misplaced = MisplacedLog()
+        self._once = OncePerPartition()
         self.metrics = MonitorMetrics()
         self._assigned = False
         # What the last summary said; partitions handed back at shutdown leave `state` empty.
@@ -597,18 +617,37 @@ class MonitorWorker:
         prediction's partition whatever partitioner its producer used."""
         key = self.state.label_key(msg.value())
         if key is None:
+            if len(msg.value() or b"") > self.state.config.max_label_bytes:
+                self._once.unforwardable(msg, partition, self.state.config.max_label_bytes)
             return
-        produce_when_room(self.forwarder, self.settings.repartition_topic, msg.value(), key,
-                          **forwarding(msg, partition, offset))  # fmt: skip
+        self._rekey(msg, partition, offset, key, prediction=False)
 
     def _forward_prediction(self, msg: Message, partition: int, offset: int, key: bytes) -> None:
         """Re-key a prediction another producer's partitioner placed by its event_id, onto
         the repartition partition its label goes to (as Kafka Streams repartitions a side
         that is not co-partitioned)."""
         s = self.settings
-        self._misplaced(s.predictions_topic, partition, key, self.state.config.partitions)
-        produce_when_room(self.forwarder, s.repartition_topic, msg.value(), key,
-                          **forwarding(msg, partition, offset, prediction=True))  # fmt: skip
+        self._once.misplaced(s.predictions_topic, partition, key, self.state.config.partitions)
+        self._rekey(msg, partition, offset, key, prediction=True)
+
+    def _rekey(
+        self, msg: Message, partition: int, offset: int, key: bytes, *, prediction: bool
+    ) -> None:
+        try:
+            how = forwarding(msg, partition, offset, prediction=prediction)
+            produce_when_room(self.forwarder, self.settings.repartition_topic, msg.value(), key,
+                              **how)  # fmt: skip
+        except KafkaException as exc:
+            err: KafkaError = exc.args[0]
+            if err.code() == KafkaError.MSG_SIZE_TOO_LARGE:  # this record, never any other
+                if prediction:
+                    self.state.invalid_predictions += 1
+                else:
+                    self.state.invalid_labels += 1
+                self._once.unforwardable(msg, partition, self.state.config.max_label_bytes)
+            elif self._forward_failed is None:
+                # The forwarder failed (fatal): the checkpoint replaces it and reads again.
+                self._forward_failed = err
 
     def _count_consumed(self, per_topic: dict[str, int]) -> None:
         s = self.settings
@@ -639,8 +678,11 @@ class MonitorWorker:
             elif seq in self._unacked_alerts:
                 self._failed_alerts[seq] = err.str()
 
-        produce_when_room(self.producer, self.settings.alerts_topic, value, key,
-                          on_delivery=on_delivery)  # fmt: skip
+        try:
+            produce_when_room(self.producer, self.settings.alerts_topic, value, key,
+                              on_delivery=on_delivery)  # fmt: skip
+        except KafkaException as exc:  # after an earlier failure: kept, the checkpoint retries
+            self._failed_alerts[seq] = exc.args[0].str()
         self.producer.poll(0)
 
     def checkpoint(self) -> bool:

@@ -68,9 +68,9 @@ from workers.kafka_io.clients import (
     redact,
 )
 from workers.kafka_io.monitor_loop import (
-    MisplacedLog,
     MonitorSettings,
     MonitorStartupError,
+    OncePerPartition,
     announce,
     attach_feature_drift,
     forwarded_from,
@@ -250,8 +250,17 @@ class StageWorker(ABC, Generic[P]):
         headers: list[tuple[str, str | bytes | None]] | None = None,
         timestamp: int = 0,
     ) -> None:
-        produce_when_room(self.producer, topic, value, key, partition=partition,
-                          headers=headers, timestamp=timestamp)  # fmt: skip
+        try:
+            produce_when_room(self.producer, topic, value, key, partition=partition,
+                              headers=headers, timestamp=timestamp)  # fmt: skip
+        except KafkaException as exc:
+            # Raised at once after an earlier failure (an abortable transaction, a fatal
+            # producer) or for a record over the client's limit: the checkpoint fails, the
+            # producer is replaced and what was read since is read again.
+            log.error("produce_failed", stage=self.stage, topic=topic, bytes=len(value),
+                      reason=exc.args[0].str())  # fmt: skip
+            if self.failed is None:
+                self.failed = exc.args[0]
 
     # -- state in the changelog -------------------------------------------------------------
 
@@ -409,6 +418,14 @@ class StageWorker(ABC, Generic[P]):
         return True
 
     def _checkpoint_transaction(self) -> bool:
+        if self.failed is not None:
+            # A record of this transaction was refused: it must not commit without it.
+            reason, self.failed = self.failed.str(), None
+            log.error("transaction_failed", stage=self.stage, reason=reason)
+            self._abort()
+            self._fresh_producer()
+            self._reload(f"an output was not produced: {reason}")
+            return False
         if not self.txn_open and not self.dirty and not self.loose:
             return True
         if not self.txn_open:
@@ -599,7 +616,7 @@ class JoinStage(StageWorker[JoinPartition]):
         self.changelog = settings.join_changelog
         self.state_topics = frozenset({settings.predictions_topic, settings.repartition_topic})
         self.bad_labels = 0  # labels that are no Label, counted where first read
-        self._misplaced = MisplacedLog()
+        self._once = OncePerPartition()
         super().__init__(settings)
 
     def topics(self) -> list[str]:
@@ -645,7 +662,7 @@ class JoinStage(StageWorker[JoinPartition]):
             result = part.on_prediction(msg.value(), msg.timestamp()[1], now_ms,
                                         (partition, self.config.partitions))  # fmt: skip
             if isinstance(result, Misplaced):
-                self._misplaced(topic, partition, result.key, self.config.partitions)
+                self._once.misplaced(topic, partition, result.key, self.config.partitions)
                 self.produce(s.repartition_topic, msg.value() or b"", result.key,
                              **forwarding(msg, partition, offset, prediction=True))  # fmt: skip
                 return
@@ -661,9 +678,11 @@ class JoinStage(StageWorker[JoinPartition]):
         """Re-key a label by event_id onto the repartition topic (see the one-process
         monitor): it meets its prediction's partition whatever partitioner its producer
         used. A label that is no Label is counted where it is first read."""
-        key = label_key(msg.value())
+        key = label_key(msg.value(), self.config.max_label_bytes)
         if key is None:
             self.bad_labels += 1
+            if len(msg.value() or b"") > self.config.max_label_bytes:
+                self._once.unforwardable(msg, partition, self.config.max_label_bytes)
             return
         self.produce(
             self.settings.repartition_topic,

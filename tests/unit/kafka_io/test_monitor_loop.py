@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import KafkaError, Message, TopicPartition
 
-from tests.unit.kafka_io.faults import bug_on_call
+from tests.unit.kafka_io.faults import RefusingProducer, bug_on_call
 from workers.checkpoint import CheckpointStore
 from workers.core.monitor import MonitorConfig, MonitorState
 from workers.kafka_io import monitor_loop
@@ -150,3 +150,41 @@ def test_a_bug_mid_batch_checkpoints_nothing_of_that_batch(
     assert stored is not None
     assert stored.forwarded == {0: 2}
     assert worker.store.offset("g-labels-repartition", 0) is None
+
+
+def test_an_alerts_sequence_header_is_read_defensively() -> None:
+    def seq(*headers: tuple[str, bytes | None]) -> int | None:
+        return monitor_loop.alert_seq(Message(headers=list(headers)), "g.monitor.a")
+
+    ours = ("scorestream.transactional_id", b"g.monitor.a")
+    assert seq(ours, ("scorestream.alert_seq", b"12")) == 12
+    for value in (b"x", b"-1", b"", None, b"1" * 40, "٣".encode()):
+        assert seq(ours, ("scorestream.alert_seq", value)) is None, value
+    assert seq(("scorestream.transactional_id", b"other"), ("scorestream.alert_seq", b"1")) is None
+    assert seq() is None
+
+
+def test_a_label_over_the_size_cap_is_invalid_and_never_forwarded() -> None:
+    state = MonitorState(MonitorConfig(max_label_bytes=100))
+    small = json.dumps({"event_id": "a", "label": 1}).encode()
+    large = json.dumps({"event_id": "b", "label": "x" * 200}).encode()
+    assert state.label_key(small) == b"a"
+    assert state.label_key(large) is None
+    assert state.counters()["invalid_labels"] == 1
+
+
+def test_a_label_the_forwarder_refuses_is_counted_or_fails_the_forwarder(
+    worker: MonitorWorker,
+) -> None:
+    worker._on_assign(NoConsumer(), PARTITIONS)  # type: ignore[arg-type]  # noqa: SLF001
+    value = json.dumps({"event_id": "a", "label": "x" * 1000}).encode()
+    msg = Message(topic="labels", partition=0, offset=3, value=value, timestamp=(1, 0))
+    real = worker.forwarder
+    worker.forwarder = RefusingProducer(KafkaError.MSG_SIZE_TOO_LARGE)  # type: ignore[assignment]
+    worker._forward(msg, 0, 3)  # noqa: SLF001
+    assert worker.state.counters()["invalid_labels"] == 1
+    assert worker._forward_failed is None  # noqa: SLF001
+    worker.forwarder = RefusingProducer(KafkaError._FATAL)  # type: ignore[assignment]  # noqa: SLF001
+    worker._forward(msg, 0, 3)  # noqa: SLF001
+    assert worker._forward_failed is not None  # noqa: SLF001
+    worker.forwarder = real

@@ -8,9 +8,9 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Message
+from confluent_kafka import KafkaError, Message
 
-from tests.unit.kafka_io.faults import bug_on_call
+from tests.unit.kafka_io.faults import RefusingProducer, bug_on_call
 from workers.core.monitor import MonitorConfig
 from workers.core.outcomes import JoinPartition
 from workers.kafka_io.monitor_loop import MonitorSettings
@@ -35,15 +35,20 @@ def test_a_stage_takes_every_setting_it_shares_with_the_monitor() -> None:
     assert stage.repartition_topic == monitor.repartition_topic == "g-labels-repartition"
 
 
+def join_stage(state_dir: Path) -> JoinStage:
+    """A join stage whose clients point nowhere (they never connect in these tests)."""
+    monitor = MonitorSettings(
+        bootstrap_servers="127.0.0.1:1", predictions_topic="p", labels_topic="l",
+        alerts_topic="a", group_id="g", kafka_config={}, state_dir=state_dir,
+        config=MonitorConfig(),
+    )  # fmt: skip
+    return JoinStage(StageSettings.of(monitor, outcomes_topic="o", instance_id="i"))
+
+
 def test_a_bug_mid_batch_stores_no_snapshot_of_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monitor = MonitorSettings(
-        bootstrap_servers="127.0.0.1:1", predictions_topic="p", labels_topic="l",
-        alerts_topic="a", group_id="g", kafka_config={}, state_dir=tmp_path,
-        config=MonitorConfig(),
-    )  # fmt: skip
-    stage = JoinStage(StageSettings.of(monitor, outcomes_topic="o", instance_id="i"))
+    stage = join_stage(tmp_path)
     produced: list[str] = []
     monkeypatch.setattr(stage, "produce", lambda topic, *_a, **_k: produced.append(topic))
     body = {"model_name": "m", "model_version": 1, "label": 1, "event_time": 5}
@@ -68,4 +73,21 @@ def test_a_bug_mid_batch_stores_no_snapshot_of_it(
         assert not stage.checkpoint()
         assert stage.changelog not in produced
     finally:
+        stage.close()
+
+
+def test_a_produce_that_raises_fails_the_checkpoint_instead_of_the_stage(
+    tmp_path: Path,
+) -> None:
+    stage = join_stage(tmp_path)
+    real = stage.producer
+    try:
+        # An aggregate without write access to `alerts`, a transaction gone abortable: every
+        # produce() after raises at once.
+        stage.producer = RefusingProducer(KafkaError._FATAL)  # type: ignore[assignment]  # noqa: SLF001
+        stage.produce("o", b"{}", b"k")
+        assert stage.failed is not None
+        assert stage.failed.code() == KafkaError._FATAL  # noqa: SLF001
+    finally:
+        stage.producer = real
         stage.close()
