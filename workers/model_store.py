@@ -410,6 +410,21 @@ def load_newest_good(
     raise ModelError(f"no loadable version in {model_dir}: " + "; ".join(errors))
 
 
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def model_folder(models_dir: Path, name: str) -> Path:
+    """Where a model's versions live: `name` is one folder under `models_dir`, never a path
+    out of it (`../x`, `/etc`, `a/b`)."""
+    if not _MODEL_NAME.fullmatch(name) or ".." in name:
+        raise ModelError(
+            f"model name {name!r} is not allowed: use letters, digits, '.', '_' and '-' "
+            "(up to 128, starting with a letter or digit); it names one folder under "
+            "--models-dir"
+        )
+    return models_dir / name
+
+
 def register(model_dir: Path, write: Callable[[Path, int], None]) -> Path:
     """Create the next version folder atomically: `write(tmp, version)` fills it, then rename."""
     model_dir.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,7 @@ from workers.model_store import (
     Manifest,
     ModelError,
     make_scorer,
+    model_folder,
     sha256_hex,
 )
 from workers.model_store import (
@@ -154,7 +155,7 @@ def register(  # noqa: PLR0913 - one keyword per CLI flag
         if signer is not None and signer.enabled:
             (folder / SIGNATURE).write_text(signer.sign(manifest_bytes))
 
-    return register_folder(Path(models_dir) / name, write)
+    return register_folder(model_folder(Path(models_dir), name), write)
 
 
 def _tables(

@@ -11,6 +11,7 @@ from typing import Any
 import structlog
 
 from workers.commands.shared import EXIT_OK, add_logging_options, names
+from workers.model_store import ModelError, model_folder
 from workers.registry import register
 from workers.settings import SettingsError, add_option
 from workers.signing import load_signer
@@ -60,6 +61,10 @@ def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN4
 def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if not args.name:
         raise SettingsError("--name is required (or SCORESTREAM_NAME)")
+    try:
+        model_folder(args.models_dir, args.name)
+    except ModelError as exc:
+        raise SettingsError(str(exc)) from None
     if args.model is None:
         raise SettingsError("--model FILE is required: a joblib/pickle file or an .onnx graph")
     if (args.target is None) != (args.training_data is None):

@@ -23,7 +23,15 @@ from workers.commands.shared import EXIT_OK, add_logging_options, names
 from workers.core.estimation import fit_calibration
 from workers.core.events import class_label, snake_case
 from workers.core.feature_summary import summarize_features
-from workers.model_store import ARTIFACT, MANIFEST, list_versions, register, sha256_hex
+from workers.model_store import (
+    ARTIFACT,
+    MANIFEST,
+    ModelError,
+    list_versions,
+    model_folder,
+    register,
+    sha256_hex,
+)
 from workers.registry import (
     RegistrationError,
     classification_metrics,
@@ -308,7 +316,7 @@ def train_on(  # noqa: PLR0913
         if signer is not None and signer.enabled:
             (folder / SIGNATURE).write_text(signer.sign(manifest_bytes))
 
-    return register(models_dir / name, write)
+    return register(model_folder(models_dir, name), write)
 
 
 def _reference(model: Any, framework: str, data: Dataset, classes: list[Any]) -> bytes:  # noqa: ANN401
@@ -410,6 +418,10 @@ def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN4
 def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if not args.name:
         raise SettingsError("--name is required (or SCORESTREAM_NAME)")
+    try:
+        model_folder(args.models_dir, args.name)
+    except ModelError as exc:
+        raise SettingsError(str(exc)) from None
     log = structlog.get_logger("scorestream.train")
     existing = list_versions(args.models_dir / args.name)
     if args.if_missing and existing:

@@ -73,8 +73,19 @@ class Outcome:
     features: dict[str, Any] | None = None
 
     @property
+    def actual_class(self) -> Label:
+        """The label as a class of the prediction's kind: an integral float for an integer
+        class is that class (Jackson, pandas float columns and json.dumps(1.0) write 1 so)."""
+        a = self.actual
+        if type(self.predicted) is int and type(a) is float and a.is_integer():
+            return int(a)
+        return a
+
+    @property
     def correct(self) -> bool:
-        return type(self.predicted) is type(self.actual) and self.predicted == self.actual
+        """True is not 1 and "1" is not 1: the types must agree."""
+        a = self.actual_class
+        return type(self.predicted) is type(a) and self.predicted == a
 
     @property
     def error(self) -> float | None:

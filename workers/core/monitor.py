@@ -242,7 +242,7 @@ class MonitorState:
     def _take_prediction(
         self, partition: int, p: PredictionIn, now_ms: int, timestamp_ms: int
     ) -> list[Alert]:
-        event_time = self._bounded(p.event_time, timestamp_ms)
+        event_time = time_of(p.event_time, timestamp_ms, now_ms, self._bounded)
         alerts: list[Alert] = []
         chance = None
         checks = self._checks_for(p.model_name, p.model_version)
@@ -392,7 +392,7 @@ class MonitorState:
         except BAD_RECORD:
             self.invalid_labels += 1
             return []
-        label_time = label_time_of(label, timestamp_ms, self._bounded)
+        label_time = time_of(label.label_time, timestamp_ms, now_ms, self._bounded)
         outcome = self.join_for(partition).add_label(
             label.event_id, label.label, label_time, source
         )
@@ -616,6 +616,11 @@ def label_key(value: bytes | None, max_bytes: int) -> bytes | None:
         return None
 
 
-def label_time_of(label: LabelIn, timestamp_ms: int, bounded: Callable[[int, int], int]) -> int:
-    """A label's time: its label_time (bounded by its record's timestamp), else the timestamp."""
-    return timestamp_ms if label.label_time is None else bounded(label.label_time, timestamp_ms)
+def time_of(
+    time_ms: int | None, timestamp_ms: int, now_ms: int, bounded: Callable[[int, int], int]
+) -> int:
+    """An event_time or label_time, bounded by its record's timestamp, itself bounded by the
+    monitor's own clock (a producer's CreateTime in microseconds must not pin the join's clock
+    for good); the record's timestamp when the event carries no time."""
+    record_ms = bounded(timestamp_ms, now_ms)
+    return record_ms if time_ms is None else bounded(time_ms, record_ms)

@@ -31,9 +31,9 @@ from workers.core.monitor import (
     Misplaced,
     MonitorConfig,
     MonitorState,
-    label_time_of,
     misplaced,
     pending_prediction,
+    time_of,
 )
 
 JOINED, EXPIRED, ORPHAN = "joined", "expired", "orphan"
@@ -169,7 +169,7 @@ class JoinPartition:
     def _take_prediction(
         self, p: StagePredictionIn, timestamp_ms: int, now_ms: int
     ) -> list[OutcomeRecord]:
-        event_time = self._bounded(p.event_time, timestamp_ms)
+        event_time = time_of(p.event_time, timestamp_ms, now_ms, self._bounded)
         pending = pending_prediction(p, event_time, score=p.score, features=p.features)
         return self._records(self.join.add_prediction(p.event_id, pending), now_ms)
 
@@ -186,7 +186,7 @@ class JoinPartition:
         except BAD_RECORD:
             self.invalid_labels += 1
             return []
-        label_time = label_time_of(label, timestamp_ms, self._bounded)
+        label_time = time_of(label.label_time, timestamp_ms, now_ms, self._bounded)
         outcome = self.join.add_label(label.event_id, label.label, label_time, source[0])
         return self._records(outcome, now_ms)
 
@@ -233,7 +233,8 @@ class AggregatePartition:
     offsets: dict[str, int] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     # At-least-once, a join partition resumed from its last checkpoint sends again what it
-    # sent since: the latest outcomes by (kind, event_id), so a repeat is counted, not used.
+    # sent since: the latest outcomes by what they decided about (the prediction or an orphan
+    # label) and event_id, so a repeat is counted, not used.
     recent: OrderedDict[str, None] | None = None
     recent_limit: int = 0
     lead: LeadChecks | None = None
@@ -253,7 +254,10 @@ class AggregatePartition:
             self._count("invalid_outcomes")
             return []
         if self.recent is not None:
-            seen = f"{record.kind}:{record.event_id}"
+            # What the record decided about: the prediction (joined or expired, whichever a
+            # replay decides) or, for an orphan, the label alone.
+            side = "label" if record.kind == ORPHAN else "prediction"
+            seen = f"{side}:{record.event_id}"
             if seen in self.recent:
                 self._count("duplicate_outcomes")
                 return []

@@ -52,7 +52,7 @@ class RollingPerformance:
         if positive is None:
             self.binary = False
         pred_pos = positive is not None and str(outcome.predicted) == positive
-        actual_pos = positive is not None and str(outcome.actual) == positive
+        actual_pos = positive is not None and str(outcome.actual_class) == positive
         self.joined += 1
         if self.joined <= self.window:
             self.reference_correct += correct

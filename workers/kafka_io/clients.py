@@ -10,7 +10,14 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Protocol
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 log = structlog.get_logger("scorestream.kafka")
 
@@ -140,6 +147,22 @@ def make_producer(bootstrap_servers: str, extra: Mapping[str, str], **how: Any) 
 
 def make_consumer(bootstrap_servers: str, extra: Mapping[str, str], **how: Any) -> Consumer:  # noqa: ANN401
     return Consumer(client_config(bootstrap_servers, extra, **how))
+
+
+def committed_offsets(
+    consumer: Consumer, wanted: list[TopicPartition], stop: threading.Event
+) -> list[TopicPartition] | None:
+    """The group's committed offsets, asked again until the coordinator answers (guessing
+    would skip or repeat records); None if the worker is stopped first."""
+    backoff = 0.5
+    while True:
+        try:
+            return list(consumer.committed(wanted, timeout=10))
+        except KafkaException as exc:
+            log.warning("committed_offsets_unknown", reason=exc.args[0].str(), retry_in_s=backoff)
+        if stop.wait(backoff):
+            return None
+        backoff = min(backoff * 2, 10.0)
 
 
 def produce_when_room(

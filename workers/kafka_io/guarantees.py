@@ -37,6 +37,7 @@ from workers.kafka_io.clients import (
     TXN_CALL_LIMIT_S,
     CallStuck,
     bounded_call,
+    committed_offsets,
     init_transactions,
     log_coordinator_loading,
     make_producer,
@@ -525,7 +526,7 @@ class ExactlyOnce(Guarantee):
         """Re-read from what the group has committed. Guessing instead (the transaction's
         first offsets) would re-process events a commit that did land already covered."""
         wanted = [TopicPartition(t, p) for t, p in self._pending]
-        committed = self._committed_offsets(wanted) if wanted else []
+        committed = committed_offsets(self.consumer, wanted, self._stop) if wanted else []
         if committed is None:  # stopping before the group answered: nothing more is read
             self._pending = {}
             return
@@ -533,21 +534,6 @@ class ExactlyOnce(Guarantee):
             if tp.offset >= 0:
                 self._pending[(tp.topic, tp.partition)] = (tp.offset, tp.offset)
         self._rewind(reason=reason)
-
-    def _committed_offsets(self, wanted: list[TopicPartition]) -> list[TopicPartition] | None:
-        """The group's committed offsets, asked again until the coordinator answers; None if
-        the worker is stopped first."""
-        backoff = 0.5
-        while True:
-            try:
-                return list(self.consumer.committed(wanted, timeout=10))
-            except KafkaException as exc:
-                log.warning(
-                    "committed_offsets_unknown", reason=exc.args[0].str(), retry_in_s=backoff
-                )
-            if self._stop.wait(backoff):
-                return None
-            backoff = min(backoff * 2, 10.0)
 
     def _transaction_failed(self, err: KafkaError) -> None:
         self.producer.poll(0)  # collect the failed deliveries: which DLQ partitions refused

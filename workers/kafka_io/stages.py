@@ -60,6 +60,7 @@ from workers.kafka_io.clients import (
     AdminAccess,
     CallStuck,
     bounded_call,
+    committed_offsets,
     init_transactions,
     make_consumer,
     make_producer,
@@ -183,6 +184,7 @@ class StageWorker(ABC, Generic[P]):
         self.abandoned_producers: list[Producer] = []
         # Set when a bug stopped a batch half-way: nothing is checkpointed from then on.
         self.torn = False
+        self._stop = threading.Event()  # the worker's, once run() is called
         self.producer = self.new_producer()
         self.consumer = monitor_consumer(s.bootstrap_servers, s.kafka_config, self.group,
                                          f"{self.stage}-consumer")  # fmt: skip
@@ -337,10 +339,10 @@ class StageWorker(ABC, Generic[P]):
         self.dirty.clear()
         self.loose.clear()
         self._restore(held)
-        committed: dict[tuple[str, int], int] = {}
-        with contextlib.suppress(KafkaException):
-            for tp in self.consumer.committed(self.assigned, timeout=30):
-                committed[(tp.topic, tp.partition)] = tp.offset
+        answered = committed_offsets(self.consumer, self.assigned, self._stop)
+        if answered is None:  # stopping before the group answered: nothing more is read
+            return
+        committed = {(tp.topic, tp.partition): tp.offset for tp in answered}
         for tp in self._positions(self.assigned):
             offset = tp.offset if tp.offset >= 0 else committed.get((tp.topic, tp.partition), -1)
             if offset < 0:
@@ -468,6 +470,7 @@ class StageWorker(ABC, Generic[P]):
 
     def run(self, stop: threading.Event) -> None:
         s = self.settings
+        self._stop = stop
         tune_process()
         if not self._topics_ready(stop):
             self.close()

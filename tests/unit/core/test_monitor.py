@@ -110,3 +110,41 @@ def test_a_prediction_on_its_partition_and_a_single_partition_are_taken_as_they_
     assert single.on_prediction(0, _prediction("b"), now_ms=0) == []
     assert state.counters()["pending_predictions"] == 1
     assert single.counters()["misplaced_predictions"] == 0
+
+
+@pytest.mark.parametrize(
+    ("predicted", "actual", "correct"),
+    [(1, 1.0, True), (0, 1.0, False), (1, 1, True), (1, True, False), (1, "1", False),
+     (True, 1.0, False), ("1", 1.0, False), (1, 1.5, False)],
+)  # fmt: skip
+def test_an_integral_float_label_is_that_integer_class(
+    predicted: object, actual: object, correct: bool
+) -> None:
+    # Jackson, pandas float columns and json.dumps(1.0) write class 1 as 1.0.
+    state = MonitorState(MonitorConfig(window=10))
+    state.on_prediction(0, _prediction("a", predicted), now_ms=0)
+    state.on_label(0, json.dumps({"event_id": "a", "label": actual}).encode(), 0, now_ms=0)
+    assert state.metrics()["m/v1"]["window_accuracy"] == (1.0 if correct else 0.0)
+
+
+def test_recall_counts_an_integral_float_label_of_the_positive_class() -> None:
+    state = MonitorState(MonitorConfig(window=10))
+    body = {"event_id": "a", "model_name": "m", "model_version": 1, "label": 1,
+            "event_time": 0, "probabilities": {"0": 0.2, "1": 0.8}}  # fmt: skip
+    state.on_prediction(0, json.dumps(body).encode(), now_ms=0)
+    state.on_label(0, json.dumps({"event_id": "a", "label": 1.0}).encode(), 0, now_ms=0)
+    assert state.metrics()["m/v1"]["recall"] == 1.0
+
+
+def test_a_record_stamped_in_the_future_is_bounded_by_the_monitors_own_clock() -> None:
+    now = 1_764_500_000_000
+    state = MonitorState(MonitorConfig(max_time_ahead_ms=3_600_000))
+    # One label with no label_time whose producer stamped its CreateTime in microseconds.
+    label = json.dumps({"event_id": "a", "label": 1}).encode()
+    state.on_label(0, label, now * 1000, now_ms=now)
+    assert state.joins[0].labels["a"][1] == now
+    body = {"event_id": "b", "model_name": "m", "model_version": 1, "label": 1,
+            "event_time": now * 1000}  # fmt: skip
+    state.on_prediction(0, json.dumps(body).encode(), now_ms=now, timestamp_ms=now * 1000)
+    assert state.joins[0].predictions["b"].event_time == now
+    assert state.counters()["times_clamped"] == 3

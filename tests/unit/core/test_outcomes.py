@@ -185,6 +185,19 @@ def test_the_aggregate_counts_expired_orphans_repeats_and_junk_apart() -> None:
                                 "orphan_labels": 1, "invalid_outcomes": 2}  # fmt: skip
 
 
+def test_a_replay_that_decides_expired_where_the_first_pass_joined_counts_once() -> None:
+    aggregate = AggregatePartition.new(CONFIG, dedupe=10)
+    first = _outcomes(1, seed=4)[0]
+    aggregate.on_record(OUTCOME_ENCODER.encode(first), now_ms=0)
+    # After a crash the join partition resumed, its clock ran ahead of the label: "expired".
+    again = OutcomeRecord("expired", first.event_id, 2, "m", 1, first.predicted)
+    aggregate.on_record(OUTCOME_ENCODER.encode(again), now_ms=0)
+    # An orphan label of the same event is about the label, not the prediction: taken.
+    orphan = OutcomeRecord("orphan", first.event_id, 3, actual="no")
+    aggregate.on_record(OUTCOME_ENCODER.encode(orphan), now_ms=0)
+    assert aggregate.counts == {"joined": 1, "duplicate_outcomes": 1, "orphan_labels": 1}
+
+
 def test_the_aggregate_forgets_the_oldest_outcome_past_its_horizon() -> None:
     aggregate = AggregatePartition.new(CONFIG, dedupe=3)
     records = [OUTCOME_ENCODER.encode(r) for r in _outcomes(5, seed=3)]

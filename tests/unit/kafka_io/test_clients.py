@@ -13,6 +13,7 @@ from workers.kafka_io.clients import (
     CallStuck,
     ErrorReporter,
     bounded_call,
+    committed_offsets,
     retry_until_ready,
 )
 from workers.kafka_io.monitor_loop import _starting_at
@@ -95,3 +96,24 @@ def test_an_assigned_partition_reads_as_words() -> None:
     fresh = _starting_at(TopicPartition("labels", 0, -1001))
     assert fresh == "labels[0] from the committed offset (the earliest when none)"
     assert "-1001" not in fresh
+
+
+def test_committed_offsets_are_asked_again_until_the_coordinator_answers() -> None:
+    class Coordinator:
+        def __init__(self, failures: int) -> None:
+            self.failures = failures
+
+        def committed(self, wanted: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+            assert timeout > 0
+            if self.failures:
+                self.failures -= 1
+                raise KafkaException(KafkaError(KafkaError._TIMED_OUT))  # noqa: SLF001
+            return [TopicPartition(tp.topic, tp.partition, 7) for tp in wanted]
+
+    wanted = [TopicPartition("t", 0)]
+    stop = threading.Event()
+    got = committed_offsets(Coordinator(2), wanted, stop)  # type: ignore[arg-type]
+    assert got is not None
+    assert [tp.offset for tp in got] == [7]
+    stop.set()  # stopping: the worker does not wait for an answer that may never come
+    assert committed_offsets(Coordinator(5), wanted, stop) is None  # type: ignore[arg-type]
