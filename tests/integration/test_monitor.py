@@ -110,22 +110,26 @@ def produce(
 
 
 def advance_clocks(bootstrap: str, topics: dict[str, str], partitions: int) -> None:
-    """One far-future prediction and label per partition, so every TTL has passed."""
+    """Far-future predictions and labels from every partition to every join partition, so
+    every TTL has passed: a join partition's clock on either side is the slowest of the
+    partitions it hears from (predictions another producer placed elsewhere are re-keyed to
+    it, labels always are)."""
     far = BASE + 100 * 3_600_000
-    for p in range(partitions):
-        # On its own partition as murmur2 places its id (one elsewhere would be re-keyed).
-        ids = (f"clock-p{p}-{k}" for k in range(10_000))
-        event_id = next(e for e in ids if murmur2_partition(e.encode(), partitions) == p)
-        prediction = {
-            "event_id": event_id,
-            "model_name": "clock",
-            "model_version": 1,
-            "label": 0,
-            "score": 1.0,
-            "event_time": far,
-            "scored_at": far,
-        }
-        produce(bootstrap, topics["predictions"], [(b"c", json.dumps(prediction).encode())], p)
+    for source in range(partitions):
+        for p in range(partitions):
+            ids = (f"clock-p{source}-{p}-{k}" for k in range(10_000))
+            event_id = next(e for e in ids if murmur2_partition(e.encode(), partitions) == p)
+            prediction = {
+                "event_id": event_id,
+                "model_name": "clock",
+                "model_version": 1,
+                "label": 0,
+                "score": 1.0,
+                "event_time": far,
+                "scored_at": far,
+            }
+            record = [(b"c", json.dumps(prediction).encode())]
+            produce(bootstrap, topics["predictions"], record, source)
     # Labels are re-keyed by event_id, and a join partition's label clock is the slowest of
     # the labels partitions it hears from: from every labels partition, one label whose id
     # lands on each join partition.
@@ -191,7 +195,7 @@ def expected_counts(s: Scenario) -> dict[str, int]:
         "duplicate_predictions": 0,
         "duplicate_labels": 0,
         "late_labels": 0,
-        "pending_predictions": 4,
+        "pending_predictions": 16,  # the clock predictions, one per partition and join partition
         "pending_labels": 16,  # the clock labels: one per labels partition and join partition
     }
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 import heapq
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from itertools import islice
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import msgspec
 
@@ -33,6 +33,12 @@ Label = str | int | bool | float
 
 _JOINED: Final = 1
 _EXPIRED: Final = 2
+# A predictions partition a join has not heard from yet.
+_UNHEARD: Final = -2
+# A predictions partition that re-keyed nothing here for this long (wall clock) no longer holds
+# the prediction side's clock: as Kafka Streams' max.task.idle.ms, by time and not by how far
+# behind it is, since a backlog's partitions drift apart in event time without bound.
+SOURCE_IDLE_MS: Final = 60_000
 
 
 class PendingPrediction(msgspec.Struct, frozen=True, gc=False):
@@ -118,6 +124,40 @@ def is_number(value: object) -> bool:
     return -MAX_NUMBER <= value <= MAX_NUMBER  # False for nan and inf too
 
 
+class Unfit(NamedTuple):
+    event_id: str
+    model_name: str
+    model_version: int
+    label: Label
+    reason: str
+
+
+UNFIT_KEPT: Final = 16
+
+# Why a label met its prediction and could not be joined to it, and what fixes it.
+UNFIT_FIXES: Final = {
+    "not_a_number": "a regressor's label is a JSON number (not a string, null or a boolean), "
+    "finite and within 1e150",
+    "wrong_type": "write each label as the model's classes are written in its Predictions' "
+    '"label": integer classes as JSON integers (1, not "1"), string classes as strings, '
+    "booleans as true/false, and only classes the model knows",
+    "fractional": "an integer-class model's label is a whole number (1 or 1.0, not 1.5)",
+}
+
+
+def unfit(prediction: PendingPrediction, label: Label | None) -> str | None:
+    """Why `label` cannot be joined to `prediction` (a key of UNFIT_FIXES), or None."""
+    predicted = prediction.label
+    if prediction.regression:
+        return None if is_number(label) else "not_a_number"
+    kind, given = type(predicted), type(label)
+    if given is kind:
+        return None
+    if kind is int and given is float:
+        return None if label.is_integer() else "fractional"  # type: ignore[union-attr]
+    return "wrong_type"
+
+
 @dataclass(slots=True)
 class JoinCounters:
     joined: int = 0
@@ -128,6 +168,21 @@ class JoinCounters:
     evicted_labels: int = 0
     duplicate_predictions: int = 0
     duplicate_labels: int = 0
+    # Labels that met their prediction and do not fit it (see UNFIT_FIXES): not joined, the
+    # prediction waits on for a label that fits.
+    invalid_labels_not_a_number: int = 0
+    invalid_labels_wrong_type: int = 0
+    invalid_labels_fractional: int = 0
+
+    def __setstate__(self, state: Any) -> None:  # noqa: ANN401 - what pickle hands over
+        """Counters checkpointed before one existed start it at 0."""
+        slots = state[1] if isinstance(state, tuple) else state
+        for f in fields(JoinCounters):
+            object.__setattr__(self, f.name, slots.get(f.name, 0))
+
+    def unfit(self) -> int:
+        return (self.invalid_labels_not_a_number + self.invalid_labels_wrong_type
+                + self.invalid_labels_fractional)  # fmt: skip
 
 
 # Entries are filed in buckets of 2**10 = 1,024 ms of event time.
@@ -262,10 +317,36 @@ class LabelJoin:
     # source that stops bringing labels holds expiry back, as a labels topic without new
     # labels always has).
     source_clocks: dict[int, int] = field(default_factory=dict)
+    # The same for predictions re-keyed here from other predictions partitions (written by
+    # another producer's partitioner): they come a round trip behind this partition's own,
+    # and a backlog's partitions are read at different speeds, so the prediction side's
+    # clock is the slowest of them and this partition's own. A join of a topic of
+    # `prediction_partitions` starts with every other partition as a source not heard from
+    # yet (held at the first prediction's time), as it cannot know which will send. A source
+    # (or this partition's own predictions) silent for SOURCE_IDLE_MS of wall clock no longer
+    # counts (a producer switched to murmur2, a few records written by hand, or none ever),
+    # and once none is left the one clock of scorestream's own predictions is back.
+    prediction_sources: dict[int, int] = field(default_factory=dict)
+    prediction_partitions: int = 1
+    partition: int = 0  # this join's, which re-keys nothing to itself
+    # While there are sources: this partition's own clock, and the slowest source's.
+    own_clock: int = _UNHEARD
+    slowest_source: int = _UNHEARD
+    # When each source (-1: this partition's own) last sent, by the caller's wall clock; not
+    # kept across a restart, where every source is given SOURCE_IDLE_MS afresh.
+    source_heard: dict[int, int] = field(default_factory=dict)
+    idle_check_at: int = 0
     # The join stage passes on what leaves unjoined: with `emitting`, each prediction that
     # expires or is evicted and each label that does is kept in `emitted` until drained.
     emitting: bool = False
     emitted: list[Unjoined] = field(default_factory=list)
+    # The first unfit labels since the caller last took them, for its log.
+    unfit_seen: list[Unfit] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.prediction_partitions > 1 and not self.prediction_sources:
+            others = (q for q in range(self.prediction_partitions) if q != self.partition)
+            self.prediction_sources = dict.fromkeys(others, _UNHEARD)
 
     def __setstate__(self, state: Any) -> None:  # noqa: ANN401 - what pickle hands over
         """Checkpoints written before a field existed get it on load (the expiry indexes built
@@ -273,14 +354,17 @@ class LabelJoin:
         slots = state[1] if isinstance(state, tuple) else state
         for name, value in slots.items():
             object.__setattr__(self, name, value)
-        if not hasattr(self, "forwarded"):
-            self.forwarded = {}
-        if not hasattr(self, "forwarded_predictions"):
-            self.forwarded_predictions = {}
-        if not hasattr(self, "source_clocks"):
-            self.source_clocks = {}
-        if not hasattr(self, "emitting"):
-            self.emitting, self.emitted = False, []
+        defaults: dict[str, Callable[[], Any]] = {
+            "forwarded": dict, "forwarded_predictions": dict, "source_clocks": dict,
+            "prediction_sources": dict, "unfit_seen": list, "emitted": list,
+            "emitting": lambda: False, "prediction_partitions": lambda: 1,
+            "partition": lambda: 0, "own_clock": lambda: _UNHEARD,
+            "slowest_source": lambda: _UNHEARD,
+        }  # fmt: skip
+        for name, make in defaults.items():
+            if not hasattr(self, name):
+                object.__setattr__(self, name, make())
+        self.source_heard, self.idle_check_at = {}, 0
         if not hasattr(self, "prediction_expiry"):
             self.prediction_expiry = ExpiryIndex()
             for event_id, pending in self.predictions.items():
@@ -309,17 +393,34 @@ class LabelJoin:
         waiting = self.labels.get(event_id)
         return None if waiting is None else waiting[1]
 
-    def add_prediction(self, event_id: str, prediction: PendingPrediction) -> Outcome | None:
-        if prediction.event_time > self.prediction_clock:
-            self.prediction_clock = prediction.event_time
-            self._advance(min(self.prediction_clock, self.label_clock))
+    def add_prediction(
+        self,
+        event_id: str,
+        prediction: PendingPrediction,
+        source: int | None = None,
+        now_ms: int = 0,
+    ) -> Outcome | None:
+        """`source`: the predictions partition a re-keyed prediction was first read from
+        (None: read on this partition); `now_ms`: the caller's wall clock."""
+        t = prediction.event_time
+        if source is None and not self.prediction_sources:
+            # scorestream's own predictions, all on their partition: one clock, as ever.
+            if t > self.prediction_clock:
+                self.prediction_clock = t
+                self._advance(min(self.prediction_clock, self.label_clock))
+        elif source is not None:
+            self._prediction_from(source, t, now_ms)
+        else:
+            self._own_prediction(t, now_ms)
         if event_id in self.predictions or event_id in self.settled:
             self.counters.duplicate_predictions += 1
             return None
         waiting = self.labels.pop(event_id, None)
         if waiting is not None:
             self.label_expiry.left(waiting[1], self._label_time)
-            return self._join(event_id, prediction, *waiting)
+            if (reason := unfit(prediction, waiting[0])) is None:
+                return self._join(event_id, prediction, *waiting)
+            self._unfit(event_id, prediction, waiting[0], reason)
         if len(self.predictions) >= self.max_pending:
             evicted_id, evicted = self.predictions.popitem(last=False)
             self.prediction_expiry.left(evicted.event_time, self._prediction_time)
@@ -329,6 +430,68 @@ class LabelJoin:
         self.predictions[event_id] = prediction
         self.prediction_expiry.add(event_id, prediction.event_time)
         return None
+
+    def _own_prediction(self, t: int, now_ms: int) -> None:
+        self.source_heard[-1] = now_ms
+        self.own_clock = max(self.own_clock, t)
+        slowest = self.slowest_source
+        if slowest == _UNHEARD or now_ms >= self.idle_check_at:
+            self._sources_changed(t, now_ms)
+        elif min(self.own_clock, slowest) > self.prediction_clock:
+            self.prediction_clock = min(self.own_clock, slowest)
+            self._advance(min(self.prediction_clock, self.label_clock))
+
+    def _prediction_from(self, source: int, event_time: int, now_ms: int) -> None:
+        clocks = self.prediction_sources
+        if not clocks:
+            self.own_clock = self.prediction_clock  # this partition's own, so far
+            self.source_heard[-1] = now_ms
+        self.source_heard[source] = now_ms
+        if event_time > clocks.get(source, _UNHEARD):
+            clocks[source] = event_time
+            self._sources_changed(event_time, now_ms)
+        elif now_ms >= self.idle_check_at:
+            self._sources_changed(event_time, now_ms)
+
+    def tick(self, now_ms: int) -> bool:
+        """Called now and then without a record: a source silent for SOURCE_IDLE_MS stops
+        holding the clock even when nothing more arrives (the end of a bounded stream).
+        True when that moved the clock (something may have expired)."""
+        clocks = self.prediction_sources
+        if not clocks or now_ms < self.idle_check_at or _UNHEARD in clocks.values():
+            return False
+        before = self.prediction_clock
+        self._sources_changed(before, now_ms)
+        return self.prediction_clock != before
+
+    def _sources_changed(self, event_time: int, now_ms: int) -> None:
+        clocks, heard = self.prediction_sources, self.source_heard
+        if _UNHEARD in clocks.values() or self.own_clock == _UNHEARD:
+            # The first prediction: those not heard from are held at its time.
+            for q, c in clocks.items():
+                if c == _UNHEARD:
+                    clocks[q] = event_time
+            if self.own_clock == _UNHEARD:
+                self.own_clock = event_time
+        own_live = True
+        if now_ms >= self.idle_check_at:
+            self.idle_check_at = now_ms + SOURCE_IDLE_MS // 4
+            idle = now_ms - SOURCE_IDLE_MS
+            # Not heard from since this join was made or restored: heard from now.
+            for q in (-1, *clocks):
+                heard.setdefault(q, now_ms)
+            clocks = {q: c for q, c in clocks.items() if heard[q] >= idle}
+            self.prediction_sources = clocks
+            own_live = heard[-1] >= idle
+        if not clocks:
+            self.slowest_source, clock = _UNHEARD, self.own_clock
+        else:
+            self.slowest_source = clock = min(clocks.values())
+            if own_live:
+                clock = min(clock, self.own_clock)
+        if clock > self.prediction_clock:
+            self.prediction_clock = clock
+            self._advance(min(self.prediction_clock, self.label_clock))
 
     def add_label(
         self, event_id: str, label: Label, label_time: int, source: int | None = None
@@ -343,8 +506,12 @@ class LabelJoin:
         if clock > self.label_clock:
             self.label_clock = clock
             self._advance(min(self.prediction_clock, self.label_clock))
-        prediction = self.predictions.pop(event_id, None)
+        prediction = self.predictions.get(event_id)
         if prediction is not None:
+            if (reason := unfit(prediction, label)) is not None:
+                self._unfit(event_id, prediction, label, reason)
+                return None
+            del self.predictions[event_id]
             self.prediction_expiry.left(prediction.event_time, self._prediction_time)
             return self._join(event_id, prediction, label, label_time)
         state = self.settled.get(event_id)
@@ -389,6 +556,15 @@ class LabelJoin:
             score=prediction.score,
             features=prediction.features,
         )
+
+    def _unfit(
+        self, event_id: str, prediction: PendingPrediction, label: Label, reason: str
+    ) -> None:
+        name = f"invalid_labels_{reason}"
+        setattr(self.counters, name, getattr(self.counters, name) + 1)
+        if len(self.unfit_seen) < UNFIT_KEPT:
+            self.unfit_seen.append(Unfit(event_id, prediction.model_name,
+                                         prediction.model_version, label, reason))  # fmt: skip
 
     def _settle(self, event_id: str, state: int) -> None:
         if len(self.settled) >= self.max_pending:

@@ -206,7 +206,11 @@ class MonitorState:
             c = self.config
             # The bound is per monitor; split over the partitions it may hold.
             join = self.joins[partition] = LabelJoin(
-                c.label_ttl_ms, c.orphan_label_ttl_ms, c.pending_per_partition
+                c.label_ttl_ms,
+                c.orphan_label_ttl_ms,
+                c.pending_per_partition,
+                prediction_partitions=c.partitions,
+                partition=partition,
             )
         return join
 
@@ -240,7 +244,12 @@ class MonitorState:
         return self._take_prediction(partition, p, now_ms, timestamp_ms)
 
     def _take_prediction(
-        self, partition: int, p: PredictionIn, now_ms: int, timestamp_ms: int
+        self,
+        partition: int,
+        p: PredictionIn,
+        now_ms: int,
+        timestamp_ms: int,
+        source: int | None = None,
     ) -> list[Alert]:
         event_time = time_of(p.event_time, timestamp_ms, now_ms, self._bounded)
         alerts: list[Alert] = []
@@ -250,7 +259,7 @@ class MonitorState:
             chance = self._on_checked_prediction(checks, p, now_ms, alerts)
             self._count(alerts)
         pending = pending_prediction(p, event_time, chance)
-        outcome = self.join_for(partition).add_prediction(p.event_id, pending)
+        outcome = self.join_for(partition).add_prediction(p.event_id, pending, source, now_ms)
         if outcome is not None:
             alerts += self.on_outcome(outcome, now_ms)
         return alerts
@@ -377,7 +386,7 @@ class MonitorState:
         except BAD_RECORD:
             self.invalid_predictions += 1
             return []
-        return self._take_prediction(partition, p, now_ms, timestamp_ms)
+        return self._take_prediction(partition, p, now_ms, timestamp_ms, source[0])
 
     def on_label(
         self,
@@ -508,7 +517,7 @@ class MonitorState:
         result["pending_predictions"] = sum(len(j.predictions) for j in self.joins.values())
         result["pending_labels"] = sum(len(j.labels) for j in self.joins.values())
         result["invalid_predictions"] = self.invalid_predictions
-        result["invalid_labels"] = self.invalid_labels
+        result["invalid_labels"] = self.invalid_labels + total.unfit()
         result["times_clamped"] = self.times_clamped
         result["forward_replays"] = self.forward_replays
         result["misplaced_predictions"] = self.misplaced_predictions
@@ -603,6 +612,15 @@ def pending_prediction(
     regression = p.probabilities is None and type(p.label) is float
     return PendingPrediction(p.model_name, p.model_version, p.label, event_time, positive,
                              regression, expected, score, features)  # fmt: skip
+
+
+def label_error(value: bytes | None) -> str:
+    """Why `value` is no Label, for a log line."""
+    try:
+        LABEL_DECODER.decode(value or b"")
+    except BAD_RECORD as exc:
+        return str(exc)[:200]
+    return "a Label"
 
 
 def label_key(value: bytes | None, max_bytes: int) -> bytes | None:

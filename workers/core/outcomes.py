@@ -124,9 +124,11 @@ class JoinPartition:
     misplaced_predictions: int = 0
 
     @classmethod
-    def new(cls, config: MonitorConfig) -> JoinPartition:
+    def new(cls, config: MonitorConfig, partition: int = 0) -> JoinPartition:
         join = LabelJoin(config.label_ttl_ms, config.orphan_label_ttl_ms,
-                         config.pending_per_partition, emitting=True)  # fmt: skip
+                         config.pending_per_partition, emitting=True,
+                         prediction_partitions=config.partitions,
+                         partition=partition)  # fmt: skip
         return cls(join, config.max_time_ahead_ms)
 
     def _bounded(self, time_ms: int, timestamp_ms: int) -> int:
@@ -164,14 +166,15 @@ class JoinPartition:
         except BAD_RECORD:
             self.invalid_predictions += 1
             return []
-        return self._take_prediction(p, timestamp_ms, now_ms)
+        return self._take_prediction(p, timestamp_ms, now_ms, source[0])
 
     def _take_prediction(
-        self, p: StagePredictionIn, timestamp_ms: int, now_ms: int
+        self, p: StagePredictionIn, timestamp_ms: int, now_ms: int, source: int | None = None
     ) -> list[OutcomeRecord]:
         event_time = time_of(p.event_time, timestamp_ms, now_ms, self._bounded)
         pending = pending_prediction(p, event_time, score=p.score, features=p.features)
-        return self._records(self.join.add_prediction(p.event_id, pending), now_ms)
+        joined = self.join.add_prediction(p.event_id, pending, source, now_ms)
+        return self._records(joined, now_ms)
 
     def on_label(
         self, value: bytes | None, timestamp_ms: int, source: tuple[int, int], now_ms: int
@@ -190,6 +193,11 @@ class JoinPartition:
         outcome = self.join.add_label(label.event_id, label.label, label_time, source[0])
         return self._records(outcome, now_ms)
 
+    def tick(self, now_ms: int) -> list[OutcomeRecord] | None:
+        """What expired once an idle source stopped holding the clock (None: nothing
+        changed)."""
+        return self._records(None, now_ms) if self.join.tick(now_ms) else None
+
     def _records(self, outcome: Outcome | None, now_ms: int) -> list[OutcomeRecord]:
         records = [unjoined_record(left, now_ms) for left in self.join.emitted]
         self.join.emitted.clear()
@@ -206,7 +214,7 @@ class JoinPartition:
         out["pending_predictions"] = len(self.join.predictions)
         out["pending_labels"] = len(self.join.labels)
         out["invalid_predictions"] = self.invalid_predictions
-        out["invalid_labels"] = self.invalid_labels
+        out["invalid_labels"] = self.invalid_labels + self.join.counters.unfit()
         out["times_clamped"] = self.times_clamped
         out["forward_replays"] = self.forward_replays
         out["misplaced_predictions"] = self.misplaced_predictions

@@ -2,12 +2,17 @@
 
 At each checkpoint a stage writes a snapshot of every partition it holds to partition n of its
 changelog topic (in the transaction that also carries its outputs and consumed offsets, when
-exactly-once). A snapshot larger than one record is split in chunks keyed `<partition>/<i>`;
-compaction keeps the newest value of each key, so the newest snapshot always survives whole,
-and a reader takes the last snapshot in the log whose chunks all arrived. Writing snapshots
-instead of one record per buffered event keeps the changelog's traffic to one write per
-partition per checkpoint whatever the event rate; the price is that each write is the whole
-buffer (see the README's sizing notes).
+exactly-once). A snapshot larger than one record is split in chunks. Snapshots alternate
+between two slots, keyed `<partition>/<slot>/<i>`: compaction keeps the newest value of each
+key, so a snapshot torn half-way (a crash after its first chunk) can only spoil its own slot,
+and the last complete one, in the other, survives. A reader takes the last snapshot in the log
+whose chunks all arrived. Writing snapshots instead of one record per buffered event keeps the
+changelog's traffic to one write per partition per checkpoint whatever the event rate; the
+price is that each write is the whole buffer (see the README's sizing notes).
+
+An owner (at-least-once, where no transaction fences a stalled former owner) first writes a
+claim, keyed `<partition>/claim/<writer>`; from a claim on, only its writer's snapshots count,
+so a checkpoint of an owner that stalled past its session never wins over its successor's.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ from __future__ import annotations
 import os
 import struct
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -27,22 +33,40 @@ from workers.kafka_io.clients import make_consumer
 CHUNK_BYTES = 512 * 1024
 # writer id (8 bytes), snapshot sequence, chunk index, chunk count.
 _HEADER = struct.Struct(">8sQII")
+_CLAIM = b"scorestream-claim/1:"
 CHANGELOG_CONFIG = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
+# Complete snapshots kept per partition while reading: the newest that decodes is used.
+KEPT = 4
 
 
 class ChangelogError(Exception):
     """The changelog could not be read back; the message names the fix."""
 
 
-def snapshot_records(
-    partition: int, writer: bytes, seq: int, blob: bytes, chunk_bytes: int = CHUNK_BYTES
+class Snapshot(NamedTuple):
+    slot: int
+    blob: bytes
+
+
+def snapshot_records(  # noqa: PLR0913, PLR0917 - where a snapshot goes, and what it is
+    partition: int,
+    writer: bytes,
+    seq: int,
+    blob: bytes,
+    slot: int = 0,
+    chunk_bytes: int = CHUNK_BYTES,
 ) -> list[tuple[bytes, bytes]]:
-    """(key, value) records holding `blob` as snapshot `seq` of `partition`."""
+    """(key, value) records holding `blob` as snapshot `seq` of `partition`, in `slot`."""
     chunks = [blob[i : i + chunk_bytes] for i in range(0, len(blob), chunk_bytes)] or [b""]
     return [
-        (f"{partition}/{i}".encode(), _HEADER.pack(writer, seq, i, len(chunks)) + chunk)
+        (f"{partition}/{slot}/{i}".encode(), _HEADER.pack(writer, seq, i, len(chunks)) + chunk)
         for i, chunk in enumerate(chunks)
     ]
+
+
+def claim_record(partition: int, writer: bytes) -> tuple[bytes, bytes]:
+    """(key, value) of `writer`'s claim of `partition`: its snapshots alone count after it."""
+    return f"{partition}/claim/{writer.hex()}".encode(), _CLAIM + writer
 
 
 def new_writer_id() -> bytes:
@@ -51,24 +75,47 @@ def new_writer_id() -> bytes:
 
 @dataclass(slots=True)
 class Assembler:
-    """Reads one changelog partition's records in log order; `latest` is the last snapshot
-    whose chunks all came (two writers' chunks may interleave: a stalled old owner's)."""
+    """Reads one changelog partition's records in log order; `found` holds the last complete
+    snapshots, newest last (two writers' chunks may interleave: a stalled old owner's)."""
 
-    latest: bytes | None = None
+    found: deque[Snapshot] = field(default_factory=lambda: deque(maxlen=KEPT))
     parts: dict[tuple[bytes, int], dict[int, bytes]] = field(default_factory=dict)
+    owner: bytes | None = None
+    # Records that are no chunk of a snapshot, or a chunk of a writer that no longer owns it.
+    ignored: int = 0
 
-    def add(self, value: bytes | None) -> None:
-        if value is None or len(value) < _HEADER.size:
-            return  # a tombstone or no snapshot of ours
+    @property
+    def latest(self) -> bytes | None:
+        return self.found[-1].blob if self.found else None
+
+    def add(self, value: bytes | None, key: bytes | None = None) -> None:
+        if value is None:
+            return  # a tombstone
+        if value.startswith(_CLAIM):
+            self.owner = value[len(_CLAIM) :]
+            self.parts.clear()  # what anyone left unfinished before a claim never will be
+            return
+        if len(value) < _HEADER.size:
+            self.ignored += 1  # no snapshot of ours
+            return
         writer, seq, index, count = _HEADER.unpack_from(value)
-        key = (writer, seq)
-        chunks = self.parts.setdefault(key, {})
+        if index >= count or (self.owner is not None and writer != self.owner):
+            # No chunk of ours, or a former owner's, written after its successor's claim.
+            self.ignored += 1
+            return
+        chunks = self.parts.setdefault((writer, seq), {})
         chunks[index] = value[_HEADER.size :]
         if len(chunks) == count:
-            self.latest = b"".join(chunks[i] for i in range(count))
+            blob = b"".join(chunks[i] for i in range(count))
+            self.found.append(Snapshot(_slot_of(key), blob))
             # Anything this writer left unfinished before this one never will be.
             for other in [k for k in self.parts if k[0] == writer and k[1] <= seq]:
                 del self.parts[other]
+
+
+def _slot_of(key: bytes | None) -> int:
+    parts = (key or b"").split(b"/")
+    return 1 if len(parts) == 3 and parts[1] == b"1" else 0
 
 
 def read_snapshots(
@@ -78,8 +125,8 @@ def read_snapshots(
     partitions: Iterable[int],
     *,
     timeout_s: float = 120.0,
-) -> dict[int, bytes]:
-    """The newest committed snapshot of each partition that has one."""
+) -> dict[int, Assembler]:
+    """Each partition's changelog as read: its last complete snapshots, newest last."""
     wanted = sorted(set(partitions))
     if not wanted:
         return {}
@@ -114,10 +161,10 @@ def read_snapshots(
                     if err.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001
                         todo.discard(msg.partition() or 0)
                     continue
-                found[msg.partition() or 0].add(msg.value())
+                found[msg.partition() or 0].add(msg.value(), msg.key())
     finally:
         consumer.close()
-    return {p: a.latest for p, a in found.items() if a.latest is not None}
+    return found
 
 
 def _holds_records(consumer: Consumer, topic: str, partition: int, deadline: float) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -402,3 +403,11 @@ def next_batch(consumer: Consumer, max_messages: int, timeout_s: float) -> list[
     if msgs and max_messages > 1:
         msgs += consumer.consume(num_messages=max_messages - 1, timeout=0)
     return msgs
+
+
+def retire(producer: Producer) -> None:
+    """Let go of a failed (not stuck) producer: what it still holds is purged, so its
+    librdkafka instance is destroyed at once instead of being kept, one per failure."""
+    with contextlib.suppress(KafkaException, RuntimeError):
+        producer.purge()
+        producer.flush(0)

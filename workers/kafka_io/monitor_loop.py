@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,14 @@ from workers.core.calibrated_drift import ReferenceDrift
 from workers.core.drift import FeatureDrift
 from workers.core.events import EventDecoder, InvalidEvent
 from workers.core.kind_drift import KindDrift
-from workers.core.monitor import Misplaced, MonitorConfig, MonitorState, ReferenceLookup
+from workers.core.label_join import UNFIT_FIXES, LabelJoin
+from workers.core.monitor import (
+    Misplaced,
+    MonitorConfig,
+    MonitorState,
+    ReferenceLookup,
+    label_error,
+)
 from workers.core.partitioning import partition_of
 from workers.drift_reference import DriftReferenceError, ModelReferences
 from workers.drift_reference import load as load_reference
@@ -45,6 +52,7 @@ from workers.kafka_io.clients import (
     partition_lags,
     produce_when_room,
     redact,
+    retire,
 )
 from workers.metrics import REFRESH_INTERVAL_S, MetricsServer, MetricsSnapshot, MonitorMetrics
 from workers.model_store import NO_KEYS, Manifest
@@ -156,6 +164,43 @@ class OncePerPartition:
              bytes=len(msg.value() or b""), max_label_bytes=max_label_bytes,
              fix="labels carry an event_id and a label; if yours must be larger, raise "
              "--max-label-bytes and the repartition topic's max.message.bytes")  # fmt: skip
+
+
+class UnfitLabels:
+    """Logs labels that met their prediction and did not fit it, with the event_id and the
+    fix: the first of each reason, then at most one a minute (the counters say how many)."""
+
+    INTERVAL_S = 60.0
+
+    def __init__(self) -> None:
+        self.next_at: dict[str, float] = {}
+
+    def _allow(self, reason: str) -> bool:
+        now = time.monotonic()
+        if now < self.next_at.get(reason, 0.0):
+            return False
+        self.next_at[reason] = now + self.INTERVAL_S
+        return True
+
+    def unreadable(self, msg: Message, partition: int) -> None:
+        """A label that is no Label at all (truncated JSON, no event_id): said where it is."""
+        if self._allow("unreadable"):
+            log.warning("label_invalid", topic=msg.topic(), partition=partition,
+                        offset=msg.offset(), reason=label_error(msg.value()),
+                        fix='a label is {"event_id": "...", "label": ..., "label_time": '
+                        "epoch ms (optional)} in UTF-8 JSON")  # fmt: skip
+
+    def drain(self, joins: Iterable[LabelJoin]) -> None:
+        for join in joins:
+            if not join.unfit_seen:
+                continue
+            for unfit in join.unfit_seen:
+                if not self._allow(unfit.reason):
+                    continue
+                log.warning("label_unfit", event_id=unfit.event_id, model=unfit.model_name,
+                            version=unfit.model_version, label=repr(unfit.label)[:100],
+                            reason=unfit.reason, fix=UNFIT_FIXES[unfit.reason])  # fmt: skip
+            join.unfit_seen.clear()
 
 
 alert_log = structlog.get_logger("scorestream.alert")
@@ -286,6 +331,8 @@ class MonitorWorker:
         self.producer: Producer = self.new_producer()
         # Labels re-keyed onto the repartition topic; a failed one is reported here.
         self._forward_failed: KafkaError | None = None
+        self._unfit = UnfitLabels()
+        self._forwarder_generation = 0
         self.forwarder: Producer = self._new_forwarder()
         # At-least-once: alerts handed to the producer and not yet acknowledged, by sequence;
         # a failed one is produced again before the state that raised it is checkpointed.
@@ -298,8 +345,13 @@ class MonitorWorker:
                                          "monitor-consumer")  # fmt: skip
 
     def _new_forwarder(self) -> Producer:
+        self._forwarder_generation += 1
+        generation = self._forwarder_generation
+
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-            if err is not None and self._forward_failed is None:
+            # A replaced forwarder's purged records say nothing of the current one.
+            current = generation == self._forwarder_generation
+            if err is not None and current and self._forward_failed is None:
                 self._forward_failed = err
 
         s = self.settings
@@ -312,6 +364,10 @@ class MonitorWorker:
                 # restart) is recognised by its source offset; any failure is fatal instead.
                 "enable.idempotence": True,
                 "enable.gapless.guarantee": True,
+                # Which does not cover a record that times out: one retried after an outage
+                # would land behind later ones and be taken for a replay. Never given up on;
+                # the checkpoint waits for it instead.
+                "message.timeout.ms": 0,
                 "acks": "all",
                 "delivery.report.only.error": True,
                 "on_delivery": on_delivery,
@@ -566,9 +622,16 @@ class MonitorWorker:
                 self._process(msgs)
 
         loop_until(stop, step, [(REFRESH_INTERVAL_S, self._refresh_metrics),
+                                (REFRESH_INTERVAL_S, self._tick_joins),
                                 (s.checkpoint_interval_s, self.checkpoint),
                                 (s.log_interval_s, self._log_summary)],
                    on_bug=self._tear)  # fmt: skip
+
+    def _tick_joins(self) -> None:
+        """A join's idle sources stop holding its clock even when nothing more arrives."""
+        now_ms = time.time_ns() // 1_000_000
+        for join in self.state.joins.values():
+            join.tick(now_ms)
 
     def _tear(self) -> None:
         """A bug mid-batch: nothing of the half-applied batch may be stored (an alert's
@@ -586,6 +649,7 @@ class MonitorWorker:
             self.offsets[(topic, partition)] = offset + 1
         self.forwarder.poll(0)  # delivery reports of the labels forwarded, once a batch
         self._count_consumed(seen)
+        self._unfit.drain(self.state.joins.values())
         for alert in alerts:
             self._raise(alert)
 
@@ -619,6 +683,8 @@ class MonitorWorker:
         if key is None:
             if len(msg.value() or b"") > self.state.config.max_label_bytes:
                 self._once.unforwardable(msg, partition, self.state.config.max_label_bytes)
+            else:
+                self._unfit.unreadable(msg, partition)
             return
         self._rekey(msg, partition, offset, key, prediction=False)
 
@@ -723,10 +789,13 @@ class MonitorWorker:
         log.error("labels_not_forwarded", reason=failed.str(),
                   topic=self.settings.repartition_topic,
                   fix="check that the monitor may write its repartition topic")  # fmt: skip
-        self.abandoned_producers.append(self.forwarder)
-        self.forwarder = self._new_forwarder()
+        self._replace_forwarder()
         self._reload_state("a re-keyed label was not delivered")
         return False
+
+    def _replace_forwarder(self) -> None:
+        old, self.forwarder = self.forwarder, self._new_forwarder()
+        retire(old)
 
     def _alerts_acknowledged(self) -> bool:
         self.producer.flush(30)

@@ -17,7 +17,6 @@ acknowledged before the snapshot that covers them is written, so a crash repeats
 from __future__ import annotations
 
 import contextlib
-import pickle
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -36,6 +35,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from workers.core import snapshots
 from workers.core.alerts import Alert
 from workers.core.events import EventDecoder, InvalidEvent
 from workers.core.monitor import Misplaced, MonitorConfig, MonitorState, ReferenceLookup, label_key
@@ -50,6 +50,7 @@ from workers.drift_reference import ModelReferences
 from workers.kafka_io.admin import create_topics, list_topics
 from workers.kafka_io.changelog import (
     CHANGELOG_CONFIG,
+    claim_record,
     new_writer_id,
     partition_count,
     read_snapshots,
@@ -72,6 +73,7 @@ from workers.kafka_io.monitor_loop import (
     MonitorSettings,
     MonitorStartupError,
     OncePerPartition,
+    UnfitLabels,
     announce,
     attach_feature_drift,
     forwarded_from,
@@ -90,6 +92,11 @@ log = structlog.get_logger("scorestream.monitor")
 
 # At-least-once: outcomes per aggregate partition remembered to recognise a repeat.
 DEDUPE_OUTCOMES = 200_000
+SNAPSHOT_FIX = (
+    "a record in the changelog that is no snapshot this stage wrote was skipped (the "
+    "partition resumes from an older snapshot or its committed offsets); only "
+    "scorestream's stages may write their changelog topics (README, Security)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +171,8 @@ class StageWorker(ABC, Generic[P]):
     changelog: str
     # Topics whose partition n feeds state n (their offsets are stored in it).
     state_topics: frozenset[str]
+    # What a snapshot of one partition holds; anything else read back is refused.
+    state_type: type[P]
 
     def __init__(self, settings: StageSettings) -> None:
         self.settings = s = settings
@@ -176,6 +185,9 @@ class StageWorker(ABC, Generic[P]):
         self.assigned: list[TopicPartition] = []
         self.writer = new_writer_id()
         self.seq = 0
+        # Per partition, the slot of its last stored snapshot, and of those being written.
+        self.slots: dict[int, int] = {}
+        self.writing: dict[int, int] = {}
         self.txn_open = False
         self.failed: KafkaError | None = None
         self.transactional_id = (
@@ -196,7 +208,7 @@ class StageWorker(ABC, Generic[P]):
     def topics(self) -> list[str]: ...
 
     @abstractmethod
-    def new_partition(self) -> P: ...
+    def new_partition(self, partition: int) -> P: ...
 
     @abstractmethod
     def prepare_topics(self, admin_config: dict[str, Any]) -> None:
@@ -239,6 +251,9 @@ class StageWorker(ABC, Generic[P]):
             # In order without gaps per partition: a label forwarded twice after a restart
             # is recognised by its source offset.
             required["enable.gapless.guarantee"] = True
+            # Which does not cover a record that times out (one retried after an outage would
+            # land behind later ones, a re-keyed label taken for a replay): never given up on.
+            required["message.timeout.ms"] = 0
         return make_producer(s.bootstrap_servers, s.kafka_config, defaults=defaults,
                              required=required, name=f"{self.stage}-producer")  # fmt: skip
 
@@ -268,13 +283,46 @@ class StageWorker(ABC, Generic[P]):
 
     def _restore(self, partitions: list[int]) -> None:
         s = self.settings
-        blobs = read_snapshots(s.bootstrap_servers, s.kafka_config, self.changelog, partitions)
+        if not s.exactly_once:
+            self._claim(partitions)
+        found = read_snapshots(s.bootstrap_servers, s.kafka_config, self.changelog, partitions)
         for p in partitions:
-            blob = blobs.get(p)
-            restored = None if blob is None else pickle.loads(blob)  # noqa: S301 - our own topic
-            self.parts[p] = self.adopt(restored) if restored is not None else self.new_partition()
+            self.parts[p] = self.new_partition(p)
+            self.slots.pop(p, None)
+            self.writing.pop(p, None)
+            read = found.get(p)
+            if read is None:
+                continue
+            if read.ignored:
+                log.warning("changelog_records_ignored", stage=self.stage, partition=p,
+                            changelog=self.changelog, records=read.ignored,
+                            reason="no snapshot framing, or written by no owner of the "
+                            "partition", fix=SNAPSHOT_FIX)  # fmt: skip
+            for snapshot in reversed(read.found):
+                try:
+                    restored = snapshots.load(snapshot.blob, self.changelog, self.state_type)
+                except snapshots.SnapshotRefused as exc:
+                    log.warning("snapshot_skipped", stage=self.stage, changelog=self.changelog,
+                                partition=p, reason=str(exc), fix=SNAPSHOT_FIX)  # fmt: skip
+                    continue
+                self.parts[p], self.slots[p] = self.adopt(restored), snapshot.slot
+                break
         log.info("state_restored", stage=self.stage, changelog=self.changelog,
-                 partitions=sorted(partitions), from_snapshot=sorted(blobs))  # fmt: skip
+                 partitions=sorted(partitions),
+                 from_snapshot=sorted(p for p in partitions if p in self.slots))  # fmt: skip
+
+    def _claim(self, partitions: list[int]) -> None:
+        """Mark these partitions ours in the changelog before reading it: a stalled former
+        owner's snapshots written after this never count (exactly-once, its transaction is
+        fenced instead)."""
+        for p in partitions:
+            key, value = claim_record(p, self.writer)
+            self.produce(self.changelog, value, key, partition=p)
+        if self.producer.flush(30) > 0 or self.failed is not None:
+            reason = "not acknowledged" if self.failed is None else self.failed.str()
+            log.warning("claim_not_written", stage=self.stage, changelog=self.changelog,
+                        reason=reason, consequence="a stalled former owner's checkpoint may "
+                        "win over this instance's")  # fmt: skip
 
     def adopt(self, restored: P) -> P:
         """A restored partition, under this instance's settings."""
@@ -327,6 +375,8 @@ class StageWorker(ABC, Generic[P]):
     def _drop(self) -> None:
         self.parts.clear()
         self.dirty.clear()
+        self.slots.clear()
+        self.writing.clear()
         self.loose.clear()
         self.assigned = []
         self.dropped()
@@ -381,8 +431,10 @@ class StageWorker(ABC, Generic[P]):
             if part is None:
                 continue
             self.seq += 1
-            blob = pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL)
-            for key, value in snapshot_records(p, self.writer, self.seq, blob):
+            # The slot the last stored snapshot is not in: tearing this one spoils no other.
+            slot = self.writing.setdefault(p, 1 - self.slots.get(p, 1))
+            blob = snapshots.dump(part, self.changelog)
+            for key, value in snapshot_records(p, self.writer, self.seq, blob, slot):
                 self.produce(self.changelog, value, key, partition=p)
 
     def _offsets(self) -> list[TopicPartition]:
@@ -410,7 +462,7 @@ class StageWorker(ABC, Generic[P]):
             self._fresh_producer()
             self._reload(f"an output was not delivered: {reason}")
             return False
-        self.dirty.clear()
+        self._stored()
         offsets = self._offsets()
         if offsets:
             try:
@@ -460,8 +512,13 @@ class StageWorker(ABC, Generic[P]):
             self._reload(f"the transaction did not commit: {reason}")
             return False
         self.txn_open = False
-        self.dirty.clear()
+        self._stored()
         return True
+
+    def _stored(self) -> None:
+        self.dirty.clear()
+        self.slots.update(self.writing)
+        self.writing.clear()
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -565,7 +622,7 @@ class StageWorker(ABC, Generic[P]):
             if topic in self.state_topics:
                 part = self.parts.get(partition)
                 if part is None:
-                    part = self.parts[partition] = self.new_partition()
+                    part = self.parts[partition] = self.new_partition(partition)
                 self.handle(msg, topic, partition, offset, now_ms)
                 part.offsets[topic] = offset + 1
                 self.dirty.add(partition)
@@ -617,17 +674,31 @@ class JoinStage(StageWorker[JoinPartition]):
     def __init__(self, settings: StageSettings) -> None:
         self.group = settings.group_id
         self.changelog = settings.join_changelog
+        self.state_type = JoinPartition
         self.state_topics = frozenset({settings.predictions_topic, settings.repartition_topic})
         self.bad_labels = 0  # labels that are no Label, counted where first read
         self._once = OncePerPartition()
+        self._unfit = UnfitLabels()
         super().__init__(settings)
 
     def topics(self) -> list[str]:
         s = self.settings
         return [s.predictions_topic, s.labels_topic, s.repartition_topic]
 
-    def new_partition(self) -> JoinPartition:
-        return JoinPartition.new(self.config)
+    def poll_more(self, now_ms: int) -> None:
+        self._unfit.drain(part.join for part in self.parts.values())
+        for p, part in self.parts.items():
+            records = part.tick(now_ms)
+            if records is None:
+                continue
+            self.in_transaction()
+            self.dirty.add(p)
+            for record in records:
+                self.produce(self.settings.outcomes_topic, OUTCOME_ENCODER.encode(record),
+                             record.key)  # fmt: skip
+
+    def new_partition(self, partition: int) -> JoinPartition:
+        return JoinPartition.new(self.config, partition)
 
     def adopt(self, restored: JoinPartition) -> JoinPartition:
         restored.join.max_pending = self.config.pending_per_partition
@@ -686,6 +757,8 @@ class JoinStage(StageWorker[JoinPartition]):
             self.bad_labels += 1
             if len(msg.value() or b"") > self.config.max_label_bytes:
                 self._once.unforwardable(msg, partition, self.config.max_label_bytes)
+            else:
+                self._unfit.unreadable(msg, partition)
             return
         self.produce(
             self.settings.repartition_topic,
@@ -712,6 +785,7 @@ class AggregateStage(StageWorker[AggregatePartition]):
         s = settings
         self.group = s.aggregate_group
         self.changelog = s.aggregate_changelog
+        self.state_type = AggregatePartition
         self.state_topics = frozenset({s.outcomes_topic})
         self.references = (
             ReferenceLookup() if s.model_dir is None or s.manifest is None
@@ -738,7 +812,7 @@ class AggregateStage(StageWorker[AggregatePartition]):
     def topics(self) -> list[str]:
         return [self.settings.outcomes_topic]
 
-    def new_partition(self) -> AggregatePartition:
+    def new_partition(self, partition: int) -> AggregatePartition:  # noqa: ARG002 - by version
         dedupe = 0 if self.settings.exactly_once else DEDUPE_OUTCOMES
         return self.adopt(AggregatePartition.new(self.config, dedupe))
 

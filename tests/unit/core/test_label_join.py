@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import pickle
 import random
 
 import pytest
 
-from workers.core.label_join import LabelJoin, Outcome, PendingPrediction
+from workers.core.label_join import SOURCE_IDLE_MS, LabelJoin, Outcome, PendingPrediction
 
 HOUR = 3_600_000
 
@@ -205,3 +206,70 @@ def test_re_keyed_labels_move_the_clock_only_as_far_as_their_slowest_source() ->
     join.add_label("z", 1, 10 * HOUR, source=1)  # now both are far ahead
     assert join.counters.expired_without_label == 0  # "late-clock" is within its TTL
     assert join.watermark == 10 * HOUR
+
+
+def test_re_keyed_predictions_behind_this_partitions_own_still_meet_their_labels() -> None:
+    """After a restart this partition's own predictions are read a backlog ahead of those
+    re-keyed from other partitions (a round trip behind): a label waiting for one of the
+    latter must not expire as an orphan meanwhile."""
+    join = new_join(max_pending=10_000)
+    join.add_prediction("own", prediction(0))
+    join.add_prediction("re-keyed-early", prediction(1), source=2)  # source 2 seen
+    join.add_label("e", 1, 2, source=0)  # its prediction is still on its way from source 2
+    join.add_prediction("own-ahead", prediction(HOUR // 2))  # own partition read ahead
+    join.add_label("clock", 1, HOUR // 2, source=0)
+    assert join.counters.orphan_labels == 0
+    assert join.add_prediction("e", prediction(3), source=2) is not None
+
+
+def test_a_source_that_stops_holds_the_prediction_clock_back_for_a_minute_at_most() -> None:
+    join = new_join(max_pending=10_000)
+    join.add_prediction("stray", prediction(0), source=3, now_ms=0)  # one written by hand
+    join.add_label("orphan", 1, 1, source=0)
+    for second in range(0, 60, 5):  # own predictions keep coming, far ahead in event time
+        join.add_prediction(f"own{second}", prediction(5 * HOUR + second), now_ms=second * 1000)
+        join.add_label(f"clock{second}", 1, 5 * HOUR, source=0)
+    assert join.counters.orphan_labels == 0  # held back while the stray source may send
+    join.add_prediction("own-later", prediction(6 * HOUR), now_ms=SOURCE_IDLE_MS + 1)
+    assert join.counters.orphan_labels == 1
+    assert join.prediction_sources == {}  # the one clock is back
+
+
+def test_a_partition_not_heard_from_yet_may_still_send() -> None:
+    """A backlog's partitions are read at different speeds (by bytes, not by event time): the
+    first predictions another partition re-keys here may come long after labels that wait
+    for them, however far this partition's own have gone."""
+    join = LabelJoin(HOUR, 600_000, 10_000, prediction_partitions=4)
+    join.add_prediction("own", prediction(0), now_ms=0)
+    join.add_label("e", 1, 1, source=0)  # its prediction is still unread on partition 2
+    join.add_prediction("own-ahead", prediction(10 * HOUR), now_ms=30_000)
+    join.add_label("clock", 1, 10 * HOUR, source=0)
+    assert join.counters.orphan_labels == 0
+    assert join.add_prediction("e", prediction(2), source=2, now_ms=40_000) is not None
+    # Partition 2 keeps sending; the others never do: a minute on, only 2 holds the clock.
+    join.add_label("orphan", 1, 10, source=0)
+    join.add_prediction("from-2", prediction(10 * HOUR), source=2, now_ms=SOURCE_IDLE_MS + 1)
+    join.add_prediction("own-later", prediction(10 * HOUR), now_ms=SOURCE_IDLE_MS + 2)
+    assert join.counters.orphan_labels == 1
+    assert set(join.prediction_sources) == {2}
+
+
+def test_a_restored_join_gives_every_source_its_minute_afresh() -> None:
+    join = LabelJoin(HOUR, 600_000, 10_000, prediction_partitions=2)
+    join.add_prediction("own", prediction(0), now_ms=0)
+    restored = pickle.loads(pickle.dumps(join))  # noqa: S301 - our own object
+    restored.add_label("e", 1, 1, source=0)
+    restored.add_prediction("own-ahead", prediction(10 * HOUR), now_ms=10 * SOURCE_IDLE_MS)
+    restored.add_label("clock", 1, 10 * HOUR, source=0)
+    assert restored.counters.orphan_labels == 0  # down for ten minutes: no source idle yet
+
+
+def test_at_the_end_of_a_stream_idle_sources_let_go_without_another_record() -> None:
+    join = LabelJoin(HOUR, 600_000, 10_000, prediction_partitions=3)
+    join.add_prediction("a", prediction(0), now_ms=0)
+    join.add_prediction("clock", prediction(10 * HOUR), now_ms=1_000)
+    join.add_label("clock-label", 1, 10 * HOUR, source=0)
+    assert join.counters.expired_without_label == 0  # partitions 1 and 2 might still send
+    assert not join.tick(now_ms=SOURCE_IDLE_MS // 2)
+    assert join.tick(now_ms=SOURCE_IDLE_MS + 1_001)
+    assert join.counters.expired_without_label == 1

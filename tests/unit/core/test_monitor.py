@@ -113,18 +113,45 @@ def test_a_prediction_on_its_partition_and_a_single_partition_are_taken_as_they_
 
 
 @pytest.mark.parametrize(
-    ("predicted", "actual", "correct"),
-    [(1, 1.0, True), (0, 1.0, False), (1, 1, True), (1, True, False), (1, "1", False),
-     (True, 1.0, False), ("1", 1.0, False), (1, 1.5, False)],
+    ("predicted", "actual", "verdict"),
+    [(1, 1.0, "right"), (0, 1.0, "wrong"), (1, 1, "right"), (True, True, "right"),
+     ("yes", "no", "wrong"), (1, True, "wrong_type"), (1, "1", "wrong_type"),
+     (1, "employed", "wrong_type"), (True, 1.0, "wrong_type"),
+     ("1", 1.0, "wrong_type"), (1, 1.5, "fractional")],
 )  # fmt: skip
-def test_an_integral_float_label_is_that_integer_class(
-    predicted: object, actual: object, correct: bool
+def test_a_label_is_checked_against_its_predictions_classes_when_it_joins(
+    predicted: object, actual: object, verdict: str
 ) -> None:
-    # Jackson, pandas float columns and json.dumps(1.0) write class 1 as 1.0.
+    """Jackson, pandas float columns and json.dumps(1.0) write class 1 as 1.0: that class. A
+    label of another type ("1" or "employed" for integer classes) is no class of the model:
+    invalid, by reason, and the prediction waits on; every counter agrees."""
     state = MonitorState(MonitorConfig(window=10))
     state.on_prediction(0, _prediction("a", predicted), now_ms=0)
     state.on_label(0, json.dumps({"event_id": "a", "label": actual}).encode(), 0, now_ms=0)
-    assert state.metrics()["m/v1"]["window_accuracy"] == (1.0 if correct else 0.0)
+    counters = state.counters()
+    if verdict in ("right", "wrong"):
+        assert state.metrics()["m/v1"]["window_accuracy"] == (1.0 if verdict == "right" else 0.0)
+        assert counters["joined"] == 1
+        assert counters["invalid_labels"] == 0
+    else:
+        assert "m/v1" not in state.metrics()
+        assert counters["joined"] == 0
+        assert counters["invalid_labels"] == counters[f"invalid_labels_{verdict}"] == 1
+        assert counters["pending_predictions"] == 1
+        [seen] = state.joins[0].unfit_seen
+        assert (seen.event_id, seen.reason) == ("a", verdict)
+
+
+@pytest.mark.parametrize("label", ['"2945.0"', "null", "true", "1e308", "1" + "0" * 400])
+def test_a_regressors_label_that_is_no_number_is_invalid_and_counters_agree(label: str) -> None:
+    state = MonitorState(MonitorConfig(window=10))
+    state.on_prediction(0, _prediction("a", 2.5), now_ms=0)
+    state.on_label(0, f'{{"event_id": "a", "label": {label}}}'.encode(), 0, now_ms=0)
+    state.on_prediction(0, _prediction("b", 2.5), now_ms=0)
+    state.on_label(0, b'{"event_id": "b", "label": 3.5}', 0, now_ms=0)
+    counters = state.counters()
+    assert counters["joined"] == state.metrics()["m/v1"]["joined"] == 1
+    assert counters["invalid_labels"] == 1
 
 
 def test_recall_counts_an_integral_float_label_of_the_positive_class() -> None:

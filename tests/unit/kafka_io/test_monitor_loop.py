@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -188,3 +189,27 @@ def test_a_label_the_forwarder_refuses_is_counted_or_fails_the_forwarder(
     worker._forward(msg, 0, 3)  # noqa: SLF001
     assert worker._forward_failed is not None  # noqa: SLF001
     worker.forwarder = real
+
+
+def test_a_forwarded_label_is_never_given_up_on_in_an_outage(worker: MonitorWorker) -> None:
+    """A record that timed out would be retried behind later ones and taken for a replay: the
+    forwarder keeps it however long the brokers are away (here none is reachable, and the
+    user's message.timeout.ms is 1 s)."""
+    worker.forwarder.produce("g-labels-repartition", b"{}", b"a")
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        worker.forwarder.poll(0.1)
+    assert len(worker.forwarder) == 1
+    assert worker._forward_failed is None  # noqa: SLF001
+
+
+def test_a_failed_forwarder_is_let_go_and_its_purged_records_fail_nothing(
+    worker: MonitorWorker,
+) -> None:
+    old = worker.forwarder
+    old.produce("g-labels-repartition", b"{}", b"a")
+    worker._replace_forwarder()  # noqa: SLF001
+    assert worker.forwarder is not old
+    assert len(old) == 0  # purged: its librdkafka instance goes with the last reference
+    assert old not in worker.abandoned_producers
+    assert worker._forward_failed is None  # noqa: SLF001
