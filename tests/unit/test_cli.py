@@ -137,3 +137,12 @@ def test_demo_without_matplotlib_stops_before_it_starts_anything(
     assert code == 1
     assert "pip install 'scorestream[report]'" in capsys.readouterr().err
     assert started == []
+
+
+def test_an_event_id_length_the_monitor_would_refuse_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser({}).parse_args(["infer", "--model", "m", "--max-event-id-length", "300"])
+    assert exited.value.code == EXIT_USAGE
+    assert "at most 256" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from workers.model_store import (
     list_versions,
     load_newest_good,
     load_version,
+    model_folder,
     register,
 )
 
@@ -244,3 +245,16 @@ def test_folders_that_are_not_ascii_numbers_are_no_versions(registry: Path) -> N
     (registry / "bc" / "02x").mkdir()
     assert list_versions(registry / "bc") == [1]
     assert load_newest_good(registry / "bc", None).version == 1
+
+
+@pytest.mark.parametrize("name", ["../x", "/etc", "a/b", "..", ".hidden", "", "x" * 129])
+def test_a_model_name_never_leaves_the_models_dir(tmp_path: Path, name: str) -> None:
+    models = tmp_path / "models"
+    with pytest.raises(ModelError, match="not allowed"):
+        train(name, models)
+    assert not (tmp_path / "x").exists()
+    assert not models.exists() or not any(models.iterdir())
+
+
+def test_a_plain_model_name_is_one_folder_under_the_models_dir(tmp_path: Path) -> None:
+    assert model_folder(tmp_path, "churn-v2.1_b") == tmp_path / "churn-v2.1_b"

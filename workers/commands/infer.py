@@ -25,6 +25,17 @@ from workers.settings import SettingsError, add_option, kafka_config
 from workers.signing import Verifier, load_verifier
 
 
+def event_id_length(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_EVENT_ID_CHARS:
+        raise argparse.ArgumentTypeError(
+            f"{text} is over {MAX_EVENT_ID_CHARS}: a Prediction's event_id is at most "
+            f"{MAX_EVENT_ID_CHARS} characters (schemas/prediction.schema.json), and the monitor "
+            "refuses longer ones"
+        )
+    return value
+
+
 def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN401
     infer = commands.add_parser(
         "infer",
@@ -131,9 +142,10 @@ def add_parser(commands: Any, environ: Mapping[str, str]) -> None:  # noqa: ANN4
         infer,
         "--max-event-id-length",
         environ=environ,
-        type=positive_int,
+        type=event_id_length,
         default=MAX_EVENT_ID_CHARS,
-        help="longer event_ids are dead-lettered (schema)",
+        help=f"longer event_ids are dead-lettered; at most {MAX_EVENT_ID_CHARS}, the longest "
+        "a Prediction may carry (schema) and the monitor takes",
     )
     add_option(
         infer,

@@ -49,6 +49,10 @@ def score_batch(
 ) -> BatchResult:
     """Decode, validate and score `values` with one model call; never raise on bad input."""
     result = BatchResult()
+    if timestamps_ms and min(timestamps_ms) < 0:
+        # A record without a timestamp (-1: an old producer or message format) is timed when
+        # it is scored: a Prediction's event_time is never negative.
+        timestamps_ms = [t if t >= 0 else scored_at_ms for t in timestamps_ms]
     decoder = model.decoder
     decode = decoder.decode_unchecked
     indices: list[int] = []

@@ -178,3 +178,12 @@ class QuotesItsInput:
 
     def score(self, matrix: Matrix) -> ScoredBatch:
         raise ValueError(f"cannot score row {matrix[0].tolist()}")
+
+
+def test_a_record_without_a_timestamp_is_timed_when_scored() -> None:
+    """librdkafka reports -1 for a record with no timestamp: never a negative event_time."""
+    model = ServingModel("m", 3, EventDecoder(("a", "b")), FailsOnThirteen())
+    timed = json.dumps({"event_id": "t", "features": {"a": 1, "b": 1}, "event_time": 5})
+    result = score_batch([_event(0, 1), timed.encode()], [-1, -1], model, scored_at_ms=999)
+    times = [json.loads(p)["event_time"] for _, _, p in result.predictions]
+    assert times == [999, 5]
